@@ -1,0 +1,107 @@
+"""fstore's store layer. `FeatureStore` is the user-facing object; it checks names and ids and
+delegates to the online store (Redis) and the offline store (DuckDB or BigQuery)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+
+from store.ids import check_ids
+from store.offline import OfflineStore, open_offline_store
+from store.online import OnlineStore, Row, WriteResult, open_online_store
+from store.registry import EntitySpec, Registry
+from store.settings import Settings, load_settings
+
+__all__ = ["FeatureStore"]
+
+
+class FeatureStore:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: Registry | None = None,
+        online: OnlineStore | None = None,
+        offline: OfflineStore | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self._registry = registry
+        self._online = online
+        self._offline = offline
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> FeatureStore:
+        """Settings from fstore.yaml (or $FSTORE_CONFIG) and FSTORE_* environment, plus overrides."""
+        return cls(load_settings(**overrides))
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.default()
+        return self._registry
+
+    @property
+    def online(self) -> OnlineStore:
+        if self._online is None:
+            self._online = open_online_store(self.settings, self.registry)
+        return self._online
+
+    @property
+    def offline(self) -> OfflineStore:
+        if self._offline is None:
+            self._offline = open_offline_store(self.settings, self.registry)
+        return self._offline
+
+    def spec(self, entity: str, version: int | None = None) -> EntitySpec:
+        return self.registry.get(entity, version)
+
+    def get_online(
+        self,
+        entity: str,
+        ids: Sequence[object],
+        features: Sequence[str] | None = None,
+        version: int | None = None,
+    ) -> list[Row | None]:
+        """Latest values by event time, in the order of `ids`; None where unknown or expired."""
+        spec, fields, checked = self._prepare(entity, ids, features, version)
+        return self.online.read(spec, checked, fields)
+
+    async def get_online_async(
+        self,
+        entity: str,
+        ids: Sequence[object],
+        features: Sequence[str] | None = None,
+        version: int | None = None,
+    ) -> list[Row | None]:
+        spec, fields, checked = self._prepare(entity, ids, features, version)
+        return await self.online.read_async(spec, checked, fields)
+
+    def write_online(self, entity: str, messages: Sequence[Message], version: int | None = None) -> WriteResult:
+        return self.online.write(self.spec(entity, version), messages)
+
+    def export_training_set(
+        self, spine: Any, features: Sequence[str], out: str | Path, **options: Any
+    ) -> dict[str, Any]:
+        """Point-in-time-correct training set: parquet at `out`, manifest beside it; returns the manifest."""
+        return self.offline.export_training_set(spine, features, Path(out), **options)
+
+    def close(self) -> None:
+        for store in (self._online, self._offline):
+            if store is not None:
+                store.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(
+        self, entity: str, ids: Sequence[object], features: Sequence[str] | None, version: int | None
+    ) -> tuple[EntitySpec, tuple[Any, ...], list[int | str]]:
+        spec = self.registry.get(entity, version)
+        fields = spec.select(features)
+        return spec, fields, check_ids(spec, ids)

@@ -1,0 +1,329 @@
+"""Entity specs, built from the descriptor set that `fstore codegen` writes.
+
+This is the only module that reads fstore's proto options. Everything else (ingest, the stores,
+the API, codegen's docs) learns about entities from `EntitySpec`, so a schema is read one way.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from store.errors import SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
+
+ENTITY_PACKAGE = re.compile(r"^fstore\.entities\.(?P<name>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)$")
+OPTIONS_FILE = "fstore/options.proto"
+TIMESTAMP = "google.protobuf.Timestamp"
+
+_SCALAR_KINDS = {
+    FieldDescriptor.TYPE_INT32: "int32",
+    FieldDescriptor.TYPE_SINT32: "int32",
+    FieldDescriptor.TYPE_SFIXED32: "int32",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_SINT64: "int64",
+    FieldDescriptor.TYPE_SFIXED64: "int64",
+    FieldDescriptor.TYPE_UINT32: "uint32",
+    FieldDescriptor.TYPE_FIXED32: "uint32",
+    FieldDescriptor.TYPE_UINT64: "uint64",
+    FieldDescriptor.TYPE_FIXED64: "uint64",
+    FieldDescriptor.TYPE_BOOL: "bool",
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_BYTES: "bytes",
+    FieldDescriptor.TYPE_FLOAT: "float",
+    FieldDescriptor.TYPE_DOUBLE: "double",
+}
+KEY_KINDS = ("int64", "string")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of an entity version. `kind` is one of the scalar kinds above or "timestamp"."""
+
+    name: str
+    number: int
+    kind: str
+    repeated: bool
+    description: str = ""
+    pii: bool = False
+    has_presence: bool = False
+
+    @property
+    def type_name(self) -> str:
+        """The type as written in docs and the catalog, e.g. `repeated float`."""
+        return f"repeated {self.kind}" if self.repeated else self.kind
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    """Everything the store needs to know about one entity version."""
+
+    name: str
+    version: int
+    full_name: str
+    proto_file: str
+    key: FieldSpec
+    event_time: FieldSpec
+    features: tuple[FieldSpec, ...]
+    ttl_seconds: int
+    owner: str
+    description: str
+    fingerprint: str
+    descriptor: Descriptor = field(compare=False, repr=False)
+
+    @property
+    def ref(self) -> str:
+        """`user/v1`: how logs, keys and manifests name an entity version."""
+        return f"{self.name}/v{self.version}"
+
+    @property
+    def table_name(self) -> str:
+        """Offline table name, e.g. `user_v1`."""
+        return f"{self.name}_v{self.version}"
+
+    @property
+    def fields(self) -> tuple[FieldSpec, ...]:
+        """Key, event time, then the features, in declaration order of the features."""
+        return (self.key, self.event_time, *self.features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @functools.cached_property
+    def message_class(self) -> type[Message]:
+        return message_factory.GetMessageClass(self.descriptor)
+
+    def feature(self, name: str) -> FieldSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise UnknownFeatureError(self.name, self.version, name, self.feature_names)
+
+    def select(self, names: Iterable[str] | None) -> tuple[FieldSpec, ...]:
+        """The features named (all when None), raising on the first unknown name."""
+        if names is None:
+            return self.features
+        return tuple(self.feature(n) for n in names)
+
+
+class Registry:
+    """All entity versions of one descriptor set, looked up by name and version."""
+
+    def __init__(self, specs: Iterable[EntitySpec]) -> None:
+        self._specs: dict[str, dict[int, EntitySpec]] = {}
+        self._by_fingerprint: dict[str, EntitySpec] = {}
+        for spec in specs:
+            versions = self._specs.setdefault(spec.name, {})
+            if spec.version in versions:
+                raise SchemaError(f"entity {spec.name!r} v{spec.version} is declared twice")
+            versions[spec.version] = spec
+            self._by_fingerprint[spec.fingerprint] = spec
+
+    @classmethod
+    def from_descriptor_set(cls, data: bytes | Path) -> Registry:
+        raw = data.read_bytes() if isinstance(data, Path) else data
+        fds = descriptor_pb2.FileDescriptorSet.FromString(raw)
+        pool = descriptor_pool.DescriptorPool()
+        for file_proto in fds.file:
+            pool.Add(file_proto)
+        options = _OptionsReader(pool)
+        specs = []
+        for file_proto in fds.file:
+            if not ENTITY_PACKAGE.match(file_proto.package):
+                continue
+            for message in file_proto.message_type:
+                desc = pool.FindMessageTypeByName(f"{file_proto.package}.{message.name}")
+                specs.append(entity_spec(desc, options))
+        return cls(specs)
+
+    @classmethod
+    def default(cls) -> Registry:
+        """The registry of the configured descriptor set (settings), else the packaged one."""
+        from store.settings import get_settings
+
+        path = get_settings().descriptor_set
+        return _load(str(path) if path else "")
+
+    def entities(self) -> list[str]:
+        return sorted(self._specs)
+
+    def versions(self, entity: str) -> list[int]:
+        return sorted(self._versions(entity))
+
+    def get(self, entity: str, version: int | None = None) -> EntitySpec:
+        versions = self._versions(entity)
+        if version is None:
+            return versions[max(versions)]
+        try:
+            return versions[version]
+        except (KeyError, TypeError):
+            raise UnknownVersionError(entity, version, sorted(versions)) from None
+
+    def by_fingerprint(self, fingerprint: str) -> EntitySpec | None:
+        return self._by_fingerprint.get(fingerprint)
+
+    def __iter__(self) -> Any:
+        return iter([self._specs[e][v] for e in self.entities() for v in self.versions(e)])
+
+    def _versions(self, entity: str) -> dict[int, EntitySpec]:
+        try:
+            return self._specs[entity]
+        except KeyError:
+            raise UnknownEntityError(entity, self.entities()) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str) -> Registry:
+    if path:
+        return Registry.from_descriptor_set(Path(path))
+    resource = importlib.resources.files("fstore") / "descriptor_set.binpb"
+    return Registry.from_descriptor_set(resource.read_bytes())
+
+
+class _OptionsReader:
+    """Reads `(fstore.entity)` / `(fstore.field)` options through dynamic classes of the same pool,
+    so no generated code is imported (the descriptor set is all a Dataflow worker needs)."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+        try:
+            self._entity_ext: Any = pool.FindExtensionByName("fstore.entity")
+            self._field_ext: Any = pool.FindExtensionByName("fstore.field")
+        except KeyError:
+            raise SchemaError(f"the descriptor set lacks {OPTIONS_FILE}") from None
+        self._message_options = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("google.protobuf.MessageOptions")
+        )
+        self._field_options = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("google.protobuf.FieldOptions")
+        )
+
+    def entity(self, desc: Descriptor) -> Any | None:
+        opts = self._message_options.FromString(desc.GetOptions().SerializeToString())
+        return opts.Extensions[self._entity_ext] if opts.HasExtension(self._entity_ext) else None
+
+    def field(self, fd: FieldDescriptor) -> Any | None:
+        opts = self._field_options.FromString(fd.GetOptions().SerializeToString())
+        return opts.Extensions[self._field_ext] if opts.HasExtension(self._field_ext) else None
+
+
+def fingerprint(desc: Descriptor) -> str:
+    """A stable hash of one message's shape and options (16 hex digits), sent by publishers so
+    the ingest job can refuse events produced from a schema it does not know."""
+    proto = descriptor_pb2.DescriptorProto()
+    desc.CopyToProto(proto)
+    payload = desc.file.package.encode() + b"\0" + proto.SerializeToString(deterministic=True)
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def schema_violations(desc: Descriptor, options: _OptionsReader) -> list[str]:
+    """fstore's own rules for one entity message, each violation naming the field."""
+    where = f"{desc.file.name}: {desc.full_name}"
+    problems: list[str] = []
+    match = ENTITY_PACKAGE.match(desc.file.package)
+    entity_opts = options.entity(desc)
+    if match is None:
+        problems.append(f"{where}: package must look like fstore.entities.<name>.v<N>")
+    if entity_opts is None or not entity_opts.name:
+        problems.append(f"{where}: missing option (fstore.entity).name")
+    elif match is not None and entity_opts.name != match["name"]:
+        problems.append(
+            f"{where}: (fstore.entity).name {entity_opts.name!r} differs from the package's {match['name']!r}"
+        )
+    if entity_opts is not None and entity_opts.online_ttl_seconds < 0:
+        problems.append(f"{where}: (fstore.entity).online_ttl_seconds must be >= 0")
+    keys, times = [], []
+    for fd in desc.fields:
+        opts = options.field(fd)
+        is_key, is_time = bool(opts and opts.key), bool(opts and opts.event_time)
+        if is_key and is_time:
+            problems.append(f"{where}: field {fd.name!r} cannot be both key and event time")
+        if is_key:
+            keys.append(fd)
+            kind = _kind(fd)
+            if kind not in KEY_KINDS or _repeated(fd):
+                problems.append(f"{where}: key field {fd.name!r} must be int64 or string, not {kind}")
+        elif is_time:
+            times.append(fd)
+            if fd.message_type is None or fd.message_type.full_name != TIMESTAMP or _repeated(fd):
+                problems.append(f"{where}: event-time field {fd.name!r} must be google.protobuf.Timestamp")
+        elif _kind(fd) not in _SCALAR_KINDS.values():
+            problems.append(
+                f"{where}: field {fd.name!r} has unsupported type {_kind(fd)} "
+                "(features are scalars or repeated scalars)"
+            )
+    if len(keys) != 1:
+        named = ", ".join(repr(f.name) for f in keys)
+        problems.append(f"{where}: needs exactly one key field, found {len(keys)}" + (f" ({named})" if keys else ""))
+    if len(times) != 1:
+        named = ", ".join(repr(f.name) for f in times)
+        problems.append(
+            f"{where}: needs exactly one event-time field, found {len(times)}" + (f" ({named})" if times else "")
+        )
+    return problems
+
+
+def entity_spec(desc: Descriptor, options: _OptionsReader) -> EntitySpec:
+    problems = schema_violations(desc, options)
+    if problems:
+        raise SchemaError("\n".join(problems))
+    match = ENTITY_PACKAGE.match(desc.file.package)
+    assert match is not None
+    entity_opts: Any = options.entity(desc)
+    key = time = None
+    features = []
+    for fd in desc.fields:
+        opts = options.field(fd)
+        spec = FieldSpec(
+            name=fd.name,
+            number=fd.number,
+            kind=_kind(fd),
+            repeated=_repeated(fd),
+            description=(opts.description if opts else "") or "",
+            pii=bool(opts and opts.pii),
+            has_presence=bool(fd.has_presence),
+        )
+        if opts and opts.key:
+            key = spec
+        elif opts and opts.event_time:
+            time = spec
+        else:
+            features.append(spec)
+    assert key is not None and time is not None
+    return EntitySpec(
+        name=match["name"],
+        version=int(match["version"]),
+        full_name=desc.full_name,
+        proto_file=desc.file.name,
+        key=key,
+        event_time=time,
+        features=tuple(features),
+        ttl_seconds=int(entity_opts.online_ttl_seconds),
+        owner=entity_opts.owner,
+        description=entity_opts.description,
+        fingerprint=fingerprint(desc),
+        descriptor=desc,
+    )
+
+
+def _repeated(fd: FieldDescriptor) -> bool:
+    return bool(fd.is_repeated)
+
+
+def _kind(fd: FieldDescriptor) -> str:
+    if fd.message_type is not None:
+        name = fd.message_type.full_name
+        return "timestamp" if name == TIMESTAMP else f"message {name}"
+    if fd.enum_type is not None:
+        return f"enum {fd.enum_type.full_name}"
+    return _SCALAR_KINDS[fd.type]

