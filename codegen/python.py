@@ -6,12 +6,13 @@ The package is `fstore` under clients/python (installed with the `fstore` distri
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from codegen.generate import Context, Outputs, ToolMissing
 from codegen.protoc import plugin, run_protoc
 from store.events import ATTR_ENTITY, ATTR_EVENT_TIME, ATTR_FINGERPRINT, ATTR_VERSION
-from store.registry import EntitySpec
+from store.registry import FINGERPRINTS_FILE, EntitySpec, read_fingerprints
 
 ROOT = "clients/python/fstore"
 OWNS = (ROOT,)
@@ -31,6 +32,7 @@ def generate(ctx: Context) -> Outputs:
         if path.is_file():
             outputs[f"clients/python/{path.relative_to(out).as_posix()}"] = path.read_bytes()
     outputs[f"{ROOT}/descriptor_set.binpb"] = ctx.descriptor_set
+    outputs[f"{ROOT}/{FINGERPRINTS_FILE}"] = _fingerprints(ctx)
     outputs[f"{ROOT}/py.typed"] = b""
     runtime = (TEMPLATES / "publisher.py.tmpl").read_text()
     outputs[f"{ROOT}/publisher.py"] = (
@@ -49,6 +51,15 @@ def generate(ctx: Context) -> Outputs:
             outputs.setdefault(f"{parent.as_posix()}/__init__.py", HEADER.encode())
             parent = parent.parent
     return outputs
+
+
+def _fingerprints(ctx: Context) -> bytes:
+    """Every fingerprint each entity version has had: the committed history plus today's. Within a version
+    only compatible edits pass `fstore schema check`, so events from older producers stay valid."""
+    history = read_fingerprints(ctx.root / ROOT / FINGERPRINTS_FILE)
+    for spec in ctx.registry:
+        history[spec.ref] = sorted({*history.get(spec.ref, []), spec.fingerprint})
+    return (json.dumps(dict(sorted(history.items())), indent=2) + "\n").encode()
 
 
 def _package_dir(spec: EntitySpec) -> str:

@@ -1,26 +1,199 @@
-"""`fstore demo`: the README's end-to-end tour, on real local services it starts itself."""
+"""`fstore demo`: the README's end-to-end tour, on real local services it starts (and stops) itself.
+
+Every step runs the same `fstore` commands a user would type, so the demo never drifts from the CLI.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import typer
 
+from store.local_services import PubSubEmulator, RedisServer, ServiceUnavailable, free_port
 
-def demo() -> None:
-    """Run the end-to-end demo (starts its own Redis and Pub/Sub emulator, stops them after)."""
-    from pathlib import Path
+USERS = 50
+EVENTS_PER_USER = 4
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
-    from codegen.generate import build, stale
-    from store.registry import Registry
 
-    typer.secho("1. schemas -> codegen", bold=True)
-    result = build(Path("."))
-    files = stale(Path("."), result)
-    typer.echo(f"   {len(result.outputs)} generated files, {len(files)} stale")
-    for spec in Registry.default():
-        typer.echo(
-            f"   {spec.ref}: key {spec.key.name} ({spec.key.kind}), {len(spec.features)} features, "
-            f"ttl {spec.ttl_seconds}s, fingerprint {spec.fingerprint}"
+def _step(n: int, text: str) -> None:
+    typer.secho(f"\n{n}. {text}", bold=True)
+
+
+def _fstore(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "store.cli", *args]
+    typer.secho(f"   $ fstore {' '.join(args)}", fg=typer.colors.CYAN)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    out = (proc.stdout + proc.stderr).rstrip()
+    if out:
+        typer.echo("\n".join("   " + line for line in out.splitlines()[:40]))
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: `fstore {' '.join(args)}` failed with exit code {proc.returncode}")
+    return proc
+
+
+def sample_events(path: Path, users: int = USERS) -> tuple[Path, dict[int, dict[str, object]]]:
+    """JSONL user events (protobuf JSON mapping); the newest event per user is published FIRST, so the
+    online store must keep it against the older ones that arrive after it. Returns the expected latest."""
+    rng = random.Random(7)
+    lines, latest = [], {}
+    for user_id in range(1, users + 1):
+        events = []
+        for k in range(EVENTS_PER_USER):
+            event_time = T0 + timedelta(days=k * 3, hours=user_id % 24)
+            events.append(
+                {
+                    "userId": str(user_id),
+                    "eventTime": event_time.isoformat().replace("+00:00", "Z"),
+                    "age": 20 + user_id % 50,
+                    "country": rng.choice(["JP", "FR", "DE", "US", "BR"]),
+                    "isPremium": k % 2 == 1,
+                    "lifetimeOrders": str(k * 3 + user_id % 7),
+                    "avgOrderValue": round(rng.uniform(5, 200), 2),
+                    "favoriteCategories": rng.sample(["books", "games", "garden", "music", "toys"], 2),
+                    "embedding": [round(rng.uniform(-1, 1), 3) for _ in range(16)],
+                }
+            )
+        latest[user_id] = events[-1]
+        lines += [events[-1], *events[:-1]]  # newest first: out of order on purpose
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return path, latest
+
+
+@contextmanager
+def _background(name: str, args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "store.cli", *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+    typer.secho(f"   started {name} (pid {proc.pid}, log {log})", fg=typer.colors.CYAN)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+def _wait_online(user_ids: list[int], expected_country: dict[int, object], timeout: float) -> float:
+    from store import FeatureStore
+
+    start = time.monotonic()
+    with FeatureStore.from_config() as fs:
+        while time.monotonic() - start < timeout:
+            rows = fs.get_online("user", user_ids, features=["country"])
+            if all(r is not None and r["country"] == expected_country[i] for i, r in zip(user_ids, rows, strict=True)):
+                return time.monotonic() - start
+            time.sleep(0.2)
+    raise SystemExit(f"demo: online values did not appear within {timeout:.0f} s (see the ingest log)")
+
+
+def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes its data and logs.")) -> None:
+    """Run the end-to-end demo: codegen check, stack up, publish, stream-ingest, read online (Python, CLI,
+    HTTP), export a point-in-time training set. Starts its own Redis and Pub/Sub emulator."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with ExitStack() as stack:
+        _step(1, "Schemas are the contract: generated clients and docs are up to date")
+        _fstore("codegen", "--check")
+        _fstore("schema", "check", check=False)
+
+        _step(2, "Stack up: a real Redis and the real Pub/Sub emulator, on free ports")
+        redis = stack.enter_context(RedisServer())
+        os.environ["FSTORE_REDIS_URL"] = redis.url
+        os.environ["FSTORE_OFFLINE"] = f"duckdb:///{(out / 'offline').resolve()}"
+        os.environ["FSTORE_DATA_DIR"] = str((out / ".fstore").resolve())
+        typer.echo(f"   Redis at {redis.url}; offline store {os.environ['FSTORE_OFFLINE']}")
+        try:
+            emulator = stack.enter_context(PubSubEmulator())
+        except ServiceUnavailable as exc:
+            raise SystemExit(f"demo: {exc}") from None
+        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+        typer.echo(f"   Pub/Sub emulator at {emulator.host}")
+
+        _step(3, "Start the streaming Beam job (Pub/Sub -> validate -> Redis + offline + dead letters)")
+        stack.enter_context(_background("fstore ingest stream", ["ingest", "stream"], out / "ingest.log"))
+
+        _step(4, f"Publish {USERS * EVENTS_PER_USER} user events (newest first per user) with the generated client")
+        events, latest = sample_events(out / "events.jsonl")
+        _fstore("publish", "--entity", "user", "--file", str(events))
+        ids = sorted(latest)
+        took = _wait_online(ids, {i: latest[i]["country"] for i in ids}, timeout=180)
+        typer.echo(f"   all {len(ids)} users readable online {took:.1f} s after publishing; latest by event time won")
+
+        _step(5, "Read features online: Python, CLI, HTTP")
+        from store import FeatureStore
+
+        with FeatureStore.from_config() as fs:
+            row = fs.get_online("user", [1], features=["age", "country", "is_premium"])[0]
+        typer.echo(f"   fs.get_online('user', [1], features=[...]) -> {row}")
+        _fstore("online", "get", "user", "1", "2", "3", "--features", "age,country,lifetime_orders")
+        port = free_port()
+        stack.enter_context(
+            _background("fstore serve", ["serve", "--host", "127.0.0.1", "--port", str(port)], out / "api.log")
+        )
+        url = f"http://127.0.0.1:{port}/v1/online/user?id=1&id=2&features=age,country"
+        typer.echo(f"   GET {url}")
+        typer.echo(f"   -> {_http_get(url, timeout=60)}")
+
+        _step(6, "Export a point-in-time-correct training set (spine: user ids + timestamps + labels)")
+        spine = _write_spine(out / "spine.parquet")
+        _fstore(
+            "export", "--spine", str(spine), "--features", "user:age,user:country,user:lifetime_orders",
+            "--out", str(out / "train.parquet"),
+        )  # fmt: skip
+        _fstore("ledger")
+    typer.secho(f"\nDemo done. Data and logs are in {out}/", fg=typer.colors.GREEN, bold=True)
+
+
+def _http_get(url: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: the read API did not answer {url}") from None
+            time.sleep(0.2)
+
+
+def _write_spine(path: Path) -> Path:
+    """Training examples: a user id, the moment of the label, and the label. Some moments precede every
+    event of their user (their features must come out null: nothing was known yet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(11)
+    ids, stamps, labels = [], [], []
+    for _ in range(200):
+        ids.append(rng.randint(1, USERS + 5))  # a few unknown users: nulls
+        stamps.append(T0 + timedelta(days=rng.uniform(-2, 12)))
+        labels.append(rng.random() < 0.3)
+    table = pa.table(
+        {
+            "user_id": pa.array(ids, pa.int64()),
+            "event_timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+            "clicked": labels,
+        }
+    )
+    pq.write_table(table, path)
+    return path
 
 
 def register(app: typer.Typer) -> None:

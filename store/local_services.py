@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from store.errors import FstoreError
 
@@ -33,11 +33,11 @@ class _Service:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def __enter__(self) -> _Service:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:

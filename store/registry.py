@@ -6,9 +6,11 @@ the API, codegen's docs) learns about entities from `EntitySpec`, so a schema is
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.resources
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from store.errors import SchemaError, UnknownEntityError, UnknownFeatureError, U
 
 ENTITY_PACKAGE = re.compile(r"^fstore\.entities\.(?P<name>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)$")
 OPTIONS_FILE = "fstore/options.proto"
+FINGERPRINTS_FILE = "fingerprints.json"
 TIMESTAMP = "google.protobuf.Timestamp"
 
 _SCALAR_KINDS = {
@@ -79,6 +82,12 @@ class EntitySpec:
     description: str
     fingerprint: str
     descriptor: Descriptor = field(compare=False, repr=False)
+    # Fingerprints of earlier, compatible shapes of this version (fields added since): events from producers
+    # built before the addition are still valid. Kept by codegen in fingerprints.json beside the descriptor set.
+    earlier_fingerprints: frozenset[str] = frozenset()
+
+    def knows_fingerprint(self, value: str) -> bool:
+        return value == self.fingerprint or value in self.earlier_fingerprints
 
     @property
     def ref(self) -> str:
@@ -130,7 +139,11 @@ class Registry:
             self._by_fingerprint[spec.fingerprint] = spec
 
     @classmethod
-    def from_descriptor_set(cls, data: bytes | Path) -> Registry:
+    def from_descriptor_set(cls, data: bytes | Path, fingerprints: dict[str, list[str]] | None = None) -> Registry:
+        """`fingerprints`: entity ref (`user/v1`) -> every fingerprint that version has had (fingerprints.json);
+        when None and `data` is a path, the fingerprints.json beside it is read if present."""
+        if fingerprints is None and isinstance(data, Path):
+            fingerprints = read_fingerprints(data.with_name(FINGERPRINTS_FILE))
         raw = data.read_bytes() if isinstance(data, Path) else data
         fds = descriptor_pb2.FileDescriptorSet.FromString(raw)
         pool = descriptor_pool.DescriptorPool()
@@ -143,7 +156,9 @@ class Registry:
                 continue
             for message in file_proto.message_type:
                 desc = pool.FindMessageTypeByName(f"{file_proto.package}.{message.name}")
-                specs.append(entity_spec(desc, options))
+                spec = entity_spec(desc, options)
+                earlier = frozenset((fingerprints or {}).get(spec.ref, ())) - {spec.fingerprint}
+                specs.append(dataclasses.replace(spec, earlier_fingerprints=earlier))
         return cls(specs)
 
     @classmethod
@@ -186,8 +201,14 @@ class Registry:
 def _load(path: str) -> Registry:
     if path:
         return Registry.from_descriptor_set(Path(path))
-    resource = importlib.resources.files("fstore") / "descriptor_set.binpb"
-    return Registry.from_descriptor_set(resource.read_bytes())
+    package = importlib.resources.files("fstore")
+    prints = package / FINGERPRINTS_FILE
+    fingerprints = json.loads(prints.read_text()) if prints.is_file() else {}
+    return Registry.from_descriptor_set((package / "descriptor_set.binpb").read_bytes(), fingerprints)
+
+
+def read_fingerprints(path: Path) -> dict[str, list[str]]:
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 class _OptionsReader:

@@ -106,3 +106,14 @@ def test_publisher_sets_routing_attributes(pubsub_env: str) -> None:
     assert User.FromString(msg.data) == user
     with pytest.raises(ValueError, match="event_time is not set"):
         UserV1Publisher(topic, project=project).publish(User(user_id=8))
+
+
+def test_earlier_fingerprints_stay_known(registry: Registry) -> None:
+    from tests.conftest import ROOT
+
+    data = (ROOT / "clients/python/fstore/descriptor_set.binpb").read_bytes()
+    with_history = Registry.from_descriptor_set(data, {"user/v1": ["00000000deadbeef"]})
+    user = with_history.get("user")
+    assert user.knows_fingerprint(user.fingerprint) and user.knows_fingerprint("00000000deadbeef")
+    assert not registry.get("user").knows_fingerprint("00000000deadbeef")
+    assert not with_history.get("item").knows_fingerprint("00000000deadbeef")
