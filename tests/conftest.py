@@ -70,3 +70,9 @@ def pubsub_emulator() -> Iterator[PubSubEmulator]:
 def pubsub_env(pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     return pubsub_emulator.host
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run with `@pytest.mark.anyio` on asyncio (the API's loop)."""
+    return "asyncio"

@@ -1,0 +1,109 @@
+"""Online store benchmark: starts its own Redis, loads `user` v1 rows through the compare-and-set write path,
+then prints write throughput, `get_online` latency for 1 / 100 / 1,000 ids and Redis memory per row.
+
+    .venv/bin/python benchmarks/online.py            # 1,000,000 rows (the issue's size)
+    .venv/bin/python benchmarks/online.py --rows 100000 --reads 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+
+from store import FeatureStore
+from store.local_services import RedisServer
+from store.online.redis import RedisOnlineStore
+from store.registry import EntitySpec, Registry
+from store.settings import load_settings
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def user_messages(spec: EntitySpec, start: int, count: int, rng: random.Random) -> list:  # type: ignore[type-arg]
+    cls = spec.message_class
+    out = []
+    for user_id in range(start, start + count):
+        msg = cls(
+            user_id=user_id,
+            age=rng.randint(18, 90),
+            country=rng.choice(["JP", "FR", "DE", "US", "BR"]),
+            is_premium=rng.random() < 0.2,
+            lifetime_orders=rng.randint(0, 500),
+            avg_order_value=round(rng.uniform(5, 300), 2),
+            favorite_categories=rng.sample(["books", "games", "garden", "music", "toys", "food"], 2),
+            embedding=[rng.uniform(-1, 1) for _ in range(16)],
+        )
+        msg.event_time.FromDatetime(T0 + timedelta(seconds=rng.randint(0, 20 * 86400)))
+        out.append(msg)
+    return out
+
+
+def percentiles(samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p50 = statistics.median(ms)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return f"p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  (n={len(ms)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--reads", type=int, default=2_000, help="get_online calls per size")
+    args = parser.parse_args()
+
+    registry = Registry.default()
+    spec = registry.get("user")
+    rng = random.Random(1)
+    with RedisServer() as server:
+        store = RedisOnlineStore(server.url)
+        fs = FeatureStore(load_settings(redis_url=server.url), registry=registry, online=store)
+
+        # Build messages outside the timed section: we time the store, not the test data generator.
+        write_time = 0.0
+        for start in range(1, args.rows + 1, 50_000):
+            chunk = user_messages(spec, start, min(50_000, args.rows + 1 - start), rng)
+            t = time.perf_counter()
+            for i in range(0, len(chunk), args.batch):
+                store.write(spec, chunk[i : i + args.batch])
+            write_time += time.perf_counter() - t
+        print(f"writes (compare-and-set, batches of {args.batch}): {args.rows / write_time:,.0f} rows/s")
+
+        # Same rows again, older: every write must lose (stale), and it is the CAS path's worst case.
+        stale = user_messages(spec, 1, min(args.rows, 100_000), random.Random(2))
+        for msg in stale:
+            msg.event_time.FromDatetime(T0 - timedelta(days=1))
+        t = time.perf_counter()
+        result = store.write(spec, stale)
+        took = time.perf_counter() - t
+        print(f"stale rewrites: {len(stale) / took:,.0f} rows/s, {result.stale} of {len(stale)} rejected as older")
+
+        del chunk, stale
+        gc.collect()  # the generated test messages are garbage now; don't let them skew read latencies
+
+        client = store._client
+        used = int(client.info("memory")["used_memory"])
+        sample = [store.memory_usage(spec, rng.randint(1, args.rows)) or 0 for _ in range(1000)]
+        print(
+            f"memory: used_memory {used / args.rows:,.0f} bytes/row overall; "
+            f"MEMORY USAGE per key {statistics.mean(sample):,.0f} bytes"
+        )
+
+        for size in (1, 100, 1000):
+            samples = []
+            for _ in range(args.reads):
+                ids = [rng.randint(1, args.rows) for _ in range(size)]
+                t = time.perf_counter()
+                rows = fs.get_online("user", ids)
+                samples.append(time.perf_counter() - t)
+                assert all(r is not None for r in rows)
+            print(f"get_online {size:>5} ids, all features: {percentiles(samples)}")
+        fs.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""The Redis online store against a real Redis: event-time compare-and-set, TTL by event time, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from store import FeatureStore
+from store.cli import app
+from store.errors import InvalidIdError, StoreUnavailableError, UnknownEntityError, UnknownFeatureError
+from store.local_services import RedisServer
+from store.online.redis import RedisOnlineStore, row_key
+from store.registry import EntitySpec, Registry
+from store.settings import RedisSettings
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def user(spec: EntitySpec, user_id: int, when: datetime, **features: object) -> Message:
+    message = spec.message_class(user_id=user_id, **features)
+    message.event_time.FromDatetime(when)
+    return message
+
+
+@pytest.fixture
+def spec(registry: Registry) -> EntitySpec:
+    return registry.get("user")
+
+
+@pytest.fixture
+def store(redis_url: str) -> RedisOnlineStore:
+    online = RedisOnlineStore(redis_url)
+    yield online
+    online.close()
+
+
+def countries(store: RedisOnlineStore, spec: EntitySpec, ids: list[int]) -> list[str | None]:
+    return [r["country"] if r else None for r in store.read(spec, ids, (spec.feature("country"),))]
+
+
+def test_out_of_order_events_leave_the_newest(store: RedisOnlineStore, spec: EntitySpec) -> None:
+    newest = user(spec, 1, T0 + timedelta(days=40), country="JP", age=31)
+    older = user(spec, 1, T0 + timedelta(days=39), country="FR", age=30)
+    now = datetime.now(UTC)
+    newest.event_time.FromDatetime(now)
+    older.event_time.FromDatetime(now - timedelta(hours=1))
+    assert store.write(spec, [newest]).written == 1
+    result = store.write(spec, [older])
+    assert (result.written, result.stale) == (0, 1)
+    [row] = store.read(spec, [1], spec.select(None))
+    assert row is not None
+    assert row["country"] == "JP" and row["age"] == 31 and row["user_id"] == 1
+    assert row["event_time"] == now.replace(microsecond=now.microsecond)
+
+
+def test_duplicates_are_idempotent(store: RedisOnlineStore, spec: EntitySpec) -> None:
+    now = datetime.now(UTC)
+    event = user(spec, 7, now, country="DE")
+    assert store.write(spec, [event], [1_000]).written == 1
+    before = store._client.get(row_key(spec, 7))
+    again = store.write(spec, [event, event], [1_000, 1_000])
+    assert (again.written, again.stale) == (0, 2)
+    assert store._client.get(row_key(spec, 7)) == before
+
+
+def test_same_event_time_later_publish_wins(store: RedisOnlineStore, spec: EntitySpec) -> None:
+    now = datetime.now(UTC)
+    store.write(spec, [user(spec, 3, now, country="A")], [2_000])
+    store.write(spec, [user(spec, 3, now, country="B")], [1_000])  # published earlier: loses the tie
+    assert countries(store, spec, [3]) == ["A"]
+    store.write(spec, [user(spec, 3, now, country="C")], [3_000])
+    assert countries(store, spec, [3]) == ["C"]
+
+
+def test_concurrent_writers_leave_the_max_event_time(redis_url: str, spec: EntitySpec) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    ids = list(range(1, 201))
+    # Writer A sends even offsets ascending, writer B odd offsets descending, both racing on every id.
+    batches = {
+        "a": [[user(spec, i, now - timedelta(seconds=60 - k), country=f"a{k}") for i in ids] for k in range(0, 60, 2)],
+        "b": [
+            [user(spec, i, now - timedelta(seconds=60 - k), country=f"b{k}") for i in ids]
+            for k in reversed(range(1, 61, 2))
+        ],
+    }
+    barrier = threading.Barrier(2)
+
+    def run(name: str) -> None:
+        store = RedisOnlineStore(redis_url)
+        barrier.wait()
+        for batch in batches[name]:
+            store.write(spec, batch)
+        store.close()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader = RedisOnlineStore(redis_url)
+    assert countries(reader, spec, ids) == ["b59"] * len(ids)  # offset 59: the max event time, from writer B
+    reader.close()
+
+
+def test_ttl_follows_event_time(store: RedisOnlineStore, spec: EntitySpec) -> None:
+    ttl = timedelta(seconds=spec.ttl_seconds)
+    now = datetime.now(UTC)
+    almost_expired = user(spec, 10, now - ttl + timedelta(seconds=1.5), country="JP")
+    long_expired = user(spec, 11, now - ttl - timedelta(days=1), country="FR")
+    fresh = user(spec, 12, now, country="DE")
+    result = store.write(spec, [almost_expired, long_expired, fresh])
+    assert (result.written, result.expired) == (2, 1)
+    assert countries(store, spec, [10, 11, 12]) == ["JP", None, "DE"]
+    pttl = store._client.pttl(row_key(spec, 12))
+    assert abs(pttl - ttl.total_seconds() * 1000) < 60_000  # expires event time + TTL from now
+    time.sleep(2.0)
+    assert countries(store, spec, [10, 11, 12]) == [None, None, "DE"]
+
+
+def test_item_without_ttl_never_expires(store: RedisOnlineStore, registry: Registry) -> None:
+    item = registry.get("item")
+    message = item.message_class(item_id="sku-1", price=9.5, tags=["a"])
+    message.event_time.FromDatetime(T0 - timedelta(days=3650))
+    assert store.write(item, [message]).written == 1
+    assert store._client.pttl(row_key(item, "sku-1")) == -1
+    [row] = store.read(item, ["sku-1", "nope"], item.select(["price", "tags"]))[:1]
+    assert row == {"item_id": "sku-1", "event_time": T0 - timedelta(days=3650), "price": 9.5, "tags": ["a"]}
+
+
+def test_feature_store_errors_name_the_problem(redis_url: str) -> None:
+    with FeatureStore.from_config() as fs:
+        with pytest.raises(UnknownEntityError, match="'order'"):
+            fs.get_online("order", [1])
+        with pytest.raises(UnknownFeatureError, match="'height'"):
+            fs.get_online("user", [1], features=["height"])
+        with pytest.raises(InvalidIdError, match="int64"):
+            fs.get_online("user", ["1"])
+        with pytest.raises(InvalidIdError, match="string"):
+            fs.get_online("item", [1])
+        assert fs.get_online("user", [1, 2], features=["age"]) == [None, None]
+
+
+def test_get_online_selects_features_and_keeps_order(redis_url: str) -> None:
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec("user")
+        now = datetime.now(UTC)
+        fs.write_online("user", [user(spec, i, now, age=20 + i, country="JP") for i in (1, 2, 3)])
+        rows = fs.get_online("user", [3, 99, 1], features=["age"], version=1)
+        assert rows == [{"user_id": 3, "event_time": rows[0]["event_time"], "age": 23}, None, rows[2]]
+        assert rows[2] is not None and rows[2]["age"] == 21
+
+
+@pytest.mark.anyio
+async def test_async_read_matches_sync(redis_url: str) -> None:
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec("user")
+        fs.write_online("user", [user(spec, 5, datetime.now(UTC), age=50, favorite_categories=["x"])])
+        sync_rows = fs.get_online("user", [5, 6])
+        async_rows = await fs.get_online_async("user", [5, 6])
+        assert async_rows == sync_rows and async_rows[0] is not None
+        assert await fs.online.ping_async()
+        await fs.online.aclose()  # type: ignore[attr-defined]
+
+
+def test_redis_going_away_is_a_clear_error_and_no_garbage(spec: EntitySpec) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        store = RedisOnlineStore(server.url, RedisSettings(write_retry_seconds=0.5, socket_timeout=0.5))
+        now = datetime.now(UTC)
+        store.write(spec, [user(spec, i, now, country="JP") for i in range(100)])
+        server.stop()
+        assert not store.ping()
+        with pytest.raises(StoreUnavailableError, match=r"Redis at redis://127\.0\.0\.1:\d+/0 is unavailable"):
+            store.read(spec, [1], spec.select(None))
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            store.write(spec, [user(spec, 1, now, country="XX")])
+        assert time.monotonic() - started < 5
+
+        # A write that starts while Redis is down completes once it is back (retry), scripts reloaded.
+        store = RedisOnlineStore(server.url, RedisSettings(write_retry_seconds=20, socket_timeout=0.5))
+        restart = threading.Timer(1.0, server.start)
+        restart.start()
+        result = store.write(spec, [user(spec, i, now, country="FR") for i in range(100)])
+        restart.join()
+        assert result.written == 100
+        assert countries(store, spec, list(range(100))) == ["FR"] * 100
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_password_is_not_shown_in_errors(spec: EntitySpec) -> None:
+    store = RedisOnlineStore("redis://ops:s3cret@127.0.0.1:1/0", RedisSettings(connect_timeout=0.2))
+    with pytest.raises(StoreUnavailableError) as info:
+        store.read(spec, [1], spec.select(None))
+    assert "s3cret" not in str(info.value) and "ops:***@" in str(info.value)
+
+
+def test_embedded_redis_when_no_url_is_configured(tmp_path: Path, spec: EntitySpec) -> None:
+    first = RedisOnlineStore.embedded(tmp_path / "data")
+    first.write(spec, [user(spec, 1, datetime.now(UTC), country="JP")])
+    second = RedisOnlineStore.embedded(tmp_path / "data")  # another user of the same data dir sees it
+    assert countries(second, spec, [1]) == ["JP"]
+    assert second._client.info("server")["redis_version"].startswith("6.2")  # the Lua must stay 6.2-compatible
+    second.close()
+    first.close()
+
+
+def test_cli_online_get(redis_url: str) -> None:
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec("user")
+        fs.write_online("user", [user(spec, 1, T0 + timedelta(days=3650), age=33, country="JP")])
+    runner = CliRunner()
+    result = runner.invoke(app, ["online", "get", "user", "1", "2", "--features", "age,country", "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["entity"] == "user" and body["version"] == 1
+    assert body["rows"][0] == {"user_id": 1, "event_time": "2036-10-29T00:00:00Z", "age": 33, "country": "JP"}
+    assert body["rows"][1] is None
+    table = runner.invoke(app, ["online", "get", "user", "1", "2"])
+    assert table.exit_code == 0 and "JP" in table.stdout and "2 (missing)" in table.stdout
+    bad = runner.invoke(app, ["online", "get", "user", "abc"])
+    assert bad.exit_code != 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=st.lists(
+        st.tuples(st.integers(1, 5), st.integers(0, 20), st.integers(0, 3), st.integers(0, 10**6)),
+        min_size=1,
+        max_size=60,
+    ),
+    cuts=st.lists(st.integers(1, 60), max_size=5),
+)
+def test_any_interleaving_equals_max_by_event_time(
+    redis_url: str, spec: EntitySpec, events: list[tuple[int, int, int, int]], cuts: list[int]
+) -> None:
+    """Whatever order and batching, each id holds the event with the max (event time, publish time)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    store = RedisOnlineStore(redis_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    messages = [user(spec, i, now - timedelta(minutes=m), lifetime_orders=v) for i, m, _, v in events]
+    publish = [p for _, _, p, _ in events]
+    bounds = sorted({0, len(events), *(c for c in cuts if c < len(events))})
+    for lo, hi in itertools.pairwise(bounds):
+        store.write(spec, messages[lo:hi], publish[lo:hi])
+    expected: dict[int, tuple[int, int, int]] = {}
+    for i, m, p, v in events:
+        rank = (-m, p, v)
+        if i not in expected or rank[:2] > expected[i][:2]:
+            expected[i] = rank
+    rows = store.read(spec, [1, 2, 3, 4, 5], (spec.feature("lifetime_orders"),))
+    for entity_id, row in zip([1, 2, 3, 4, 5], rows, strict=True):
+        if entity_id not in expected:
+            assert row is None
+        else:
+            assert row is not None
+            # equal (event time, publish time): the first one written stays (a replay changes nothing)
+            first = next(v for i, m, p, v in events if i == entity_id and (-m, p) == expected[entity_id][:2])
+            assert row["lifetime_orders"] == first
+    store.close()
+    client.close()
