@@ -15,7 +15,7 @@ def codegen(
     """Generate clients, docs, BigQuery schemas and the descriptor set from schemas/ (deterministic)."""
     from codegen.generate import build, stale, write
 
-    result = build(root, set(only) if only else None)
+    result = build(root, set(only) if only else None, checking=check)
     for name, why in result.skipped.items():
         typer.secho(f"skipped {name}: {why}", fg=typer.colors.YELLOW, err=True)
     if check:

@@ -16,6 +16,7 @@ from codegen.protoc import descriptor_set
 from store.registry import Registry
 
 Outputs = dict[str, bytes]  # path relative to the repository root -> content
+TOOLS_DIR = ".fstore/tools"  # generator tools installed on first use (npm/pip packages), per checkout, gitignored
 
 
 class ToolMissing(Exception):
@@ -29,10 +30,17 @@ class Context:
     descriptor_set: bytes
     registry: Registry
     notes: list[str] = field(default_factory=list)
+    # True under `fstore codegen --check` (CI): generators must not install tools or touch the network, and
+    # skip (ToolMissing) rather than report stale files when their local tool differs from the committed output's.
+    checking: bool = False
 
     @property
     def schemas(self) -> Path:
         return self.root / "schemas"
+
+    @property
+    def tools(self) -> Path:
+        return self.root / TOOLS_DIR
 
 
 @dataclass(frozen=True)
@@ -62,14 +70,15 @@ def generators() -> list[Generator]:
     return found
 
 
-def build(root: Path, only: set[str] | None = None) -> Result:
+def build(root: Path, only: set[str] | None = None, checking: bool = False) -> Result:
     outputs: Outputs = {}
     owned: list[str] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="fstore-codegen-") as tmp:
         scratch = Path(tmp)
         data = descriptor_set(root / "schemas", scratch / "descriptor_set.binpb")
-        ctx = Context(root=root, scratch=scratch, descriptor_set=data, registry=Registry.from_descriptor_set(data))
+        registry = Registry.from_descriptor_set(data)
+        ctx = Context(root=root, scratch=scratch, descriptor_set=data, registry=registry, checking=checking)
         for gen in generators():
             if only is not None and gen.name not in only:
                 continue

@@ -149,7 +149,7 @@ class Registry:
         pool = descriptor_pool.DescriptorPool()
         for file_proto in fds.file:
             pool.Add(file_proto)
-        options = _OptionsReader(pool)
+        options = OptionsReader(pool)
         specs = []
         for file_proto in fds.file:
             if not ENTITY_PACKAGE.match(file_proto.package):
@@ -211,7 +211,7 @@ def read_fingerprints(path: Path) -> dict[str, list[str]]:
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
-class _OptionsReader:
+class OptionsReader:
     """Reads `(fstore.entity)` / `(fstore.field)` options through dynamic classes of the same pool,
     so no generated code is imported (the descriptor set is all a Dataflow worker needs)."""
 
@@ -247,7 +247,7 @@ def fingerprint(desc: Descriptor) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def schema_violations(desc: Descriptor, options: _OptionsReader) -> list[str]:
+def schema_violations(desc: Descriptor, options: OptionsReader) -> list[str]:
     """fstore's own rules for one entity message, each violation naming the field."""
     where = f"{desc.file.name}: {desc.full_name}"
     problems: list[str] = []
@@ -294,7 +294,7 @@ def schema_violations(desc: Descriptor, options: _OptionsReader) -> list[str]:
     return problems
 
 
-def entity_spec(desc: Descriptor, options: _OptionsReader) -> EntitySpec:
+def entity_spec(desc: Descriptor, options: OptionsReader) -> EntitySpec:
     problems = schema_violations(desc, options)
     if problems:
         raise SchemaError("\n".join(problems))

@@ -1,0 +1,147 @@
+"""`fstore schema check`: is schemas/ valid, and compatible with the schemas on a base git ref?
+
+Three checks, each problem printed naming its file and field:
+1. `buf lint` (schemas/buf.yaml: STANDARD style);
+2. `buf breaking` against the same directory at `--against REF` (schemas/buf.yaml: FILE rules, so
+   within a version only additions pass: a changed type, a renamed or deleted field fails);
+3. fstore's own rules (`store.registry.schema_violations`): one key, one event time, supported types.
+Exit 1 on any problem, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+from google.protobuf import descriptor_pb2, descriptor_pool
+
+from codegen.protoc import ProtocError, descriptor_set, plugin
+from store.errors import FstoreError, SchemaError
+from store.registry import OPTIONS_FILE, OptionsReader, schema_violations
+
+schema_app = typer.Typer(help="Check entity schemas (lint, breaking changes, fstore rules).", no_args_is_help=True)
+
+ENTITY_PACKAGE_PREFIX = "fstore.entities."
+_PROBLEM_LINE = re.compile(r"^[^:\s]+\.proto:\d+:\d+:")
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def buf() -> str:
+    found = plugin("buf")
+    if found is None:
+        raise FstoreError("buf not found: pip install 'buf-bin>=1.75,<2' (it is a dependency of fstore)")
+    return found
+
+
+def lint(schemas: Path) -> list[str]:
+    proc = _run([buf(), "lint", "."], cwd=schemas)
+    return _buf_problems(proc, schemas, "lint")
+
+
+def git_root(path: Path) -> Path | None:
+    proc = _run(["git", "rev-parse", "--show-toplevel"], cwd=path)
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def ref_exists(repo: Path, ref: str) -> bool:
+    return _run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo).returncode == 0
+
+
+def breaking(schemas: Path, against: str, report: Report) -> None:
+    if shutil.which("git") is None:
+        report.notes.append("git not found: breaking-change check skipped")
+        return
+    repo = git_root(schemas)
+    if repo is None:
+        report.notes.append(f"{schemas} is not in a git repository: breaking-change check skipped")
+        return
+    if not ref_exists(repo, against):
+        report.notes.append(f"git ref {against!r} does not exist in {repo}: breaking-change check skipped")
+        return
+    subdir = schemas.resolve().relative_to(repo.resolve()).as_posix()
+    listed = _run(["git", "ls-tree", "-d", "--name-only", against, "--", subdir], cwd=repo)
+    if not listed.stdout.strip():
+        report.notes.append(f"{subdir}/ does not exist at {against}: breaking-change check skipped (new schemas)")
+        return
+    source = f"{repo / '.git'}#ref={against},subdir={subdir}"
+    proc = _run([buf(), "breaking", ".", "--against", source], cwd=schemas)
+    report.problems += _buf_problems(proc, schemas, f"breaking change against {against}")
+
+
+def fstore_rules(schemas: Path) -> list[str]:
+    """fstore's rules over every entity message: those in fstore.entities.* packages, and any other message
+    carrying the (fstore.entity) option."""
+    with tempfile.TemporaryDirectory(prefix="fstore-schema-check-") as tmp:
+        try:
+            data = descriptor_set(schemas, Path(tmp) / "descriptor_set.binpb")
+        except ProtocError as exc:
+            return [str(exc)]
+    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+    pool = descriptor_pool.DescriptorPool()
+    for file_proto in files:
+        pool.Add(file_proto)
+    try:
+        options = OptionsReader(pool)
+    except SchemaError as exc:
+        return [f"schemas/: {exc}"]
+    problems: list[str] = []
+    for file_proto in files:
+        if file_proto.name == OPTIONS_FILE or file_proto.name.startswith("google/protobuf/"):
+            continue
+        for message in file_proto.message_type:
+            desc = pool.FindMessageTypeByName(f"{file_proto.package}.{message.name}")
+            if file_proto.package.startswith(ENTITY_PACKAGE_PREFIX) or options.entity(desc) is not None:
+                problems += [f"schemas/{p}" for p in schema_violations(desc, options)]
+    return problems
+
+
+def check_schemas(schemas: Path, against: str) -> Report:
+    report = Report()
+    report.problems += lint(schemas)
+    breaking(schemas, against, report)
+    report.problems += fstore_rules(schemas)
+    return report
+
+
+@schema_app.command("check")
+def check(
+    against: str = typer.Option("main", "--against", help="Git ref whose schemas/ must stay compatible."),
+    root: Path = typer.Option(Path("."), help="Repository root (holds schemas/)."),
+) -> None:
+    """Lint schemas/, check breaking changes against a git ref, apply fstore's schema rules; exit 1 on a problem."""
+    schemas = (root / "schemas").resolve()
+    if not schemas.is_dir():
+        raise FstoreError(f"{schemas} is not a directory (pass --root, the repository root holding schemas/)")
+    report = check_schemas(schemas, against)
+    for note in report.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    for problem in report.problems:
+        typer.secho(problem, fg=typer.colors.RED, err=True)
+    if report.problems:
+        typer.secho(f"schema check failed: {len(report.problems)} problem(s)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo("schema check passed")
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def _buf_problems(proc: subprocess.CompletedProcess[str], schemas: Path, what: str) -> list[str]:
+    """buf prints one `file:line:col:message` per problem, paths relative to schemas/."""
+    if proc.returncode == 0:
+        return []
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    if not lines:
+        return [f"buf {what} failed with exit code {proc.returncode} and no message"]
+    return [f"{schemas.name}/{line} ({what})" if _PROBLEM_LINE.match(line) else f"buf {what}: {line}" for line in lines]
