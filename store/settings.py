@@ -32,8 +32,18 @@ class PubSubSettings(BaseModel):
     subscription: str = "fstore-ingest"
     deadletter_topic: str = "fstore-deadletter"
 
+    @property
+    def per_entity(self) -> bool:
+        return "{entity}" in self.topic
+
     def topic_for(self, entity: str) -> str:
         return self.topic.format(entity=entity)
+
+    def subscription_for(self, entity: str) -> str:
+        """The ingest subscription of an entity's topic (per-entity topics need one subscription each)."""
+        if "{entity}" in self.subscription:
+            return self.subscription.format(entity=entity)
+        return f"{self.subscription}-{entity}" if self.per_entity else self.subscription
 
 
 class RedisSettings(BaseModel):

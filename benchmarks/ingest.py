@@ -1,0 +1,343 @@
+"""Ingest benchmarks (issue 5). Starts its own Redis and Pub/Sub emulator; prints numbers.
+
+.venv/bin/python benchmarks/ingest.py cpu                 # µs per event of our transforms (no Beam)
+.venv/bin/python benchmarks/ingest.py freshness           # 20 events/s trickle: publish -> readable online
+.venv/bin/python benchmarks/ingest.py stream --events 100000   # our job vs a trivial job, same runner
+.venv/bin/python benchmarks/ingest.py backfill --events 1000000  # JSONL and parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def events(spec: Any, n: int, users: int, seed: int = 1) -> list[Any]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        m = spec.message_class(
+            user_id=rng.randint(1, users),
+            age=rng.randint(18, 90),
+            country=rng.choice(["JP", "FR", "DE", "US"]),
+            is_premium=rng.random() < 0.2,
+            lifetime_orders=i % 500,
+            avg_order_value=rng.uniform(5, 300),
+            favorite_categories=["books", "music"],
+            embedding=[rng.uniform(-1, 1) for _ in range(16)],
+        )
+        m.event_time.FromDatetime(T0 + timedelta(seconds=rng.randint(0, 20 * 86400)))
+        out.append(m)
+    return out
+
+
+def env_with(**values: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(values)
+    return env
+
+
+def cpu(args: argparse.Namespace) -> None:
+    """decode + validate + offline batch + online compare-and-set, per event, in this process (CPU time)."""
+    from ingest.events import decode_event
+    from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+    from store.local_services import RedisServer
+    from store.offline.schema import messages_to_table
+    from store.online.redis import RedisOnlineStore
+    from store.registry import Registry
+
+    registry = Registry.default()
+    spec = registry.get("user")
+    attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
+    payloads = [m.SerializeToString() for m in events(spec, args.events, args.events // 10)]
+    publish = datetime.now(UTC)
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
+        from store.offline.duckdb import DuckDBOfflineStore
+
+        online = RedisOnlineStore(server.url)
+        offline = DuckDBOfflineStore.from_url(f"duckdb:///{tmp}/offline", registry)
+        parts = {"decode+validate": 0.0, "offline batch (arrow)": 0.0, "offline write": 0.0, "online write": 0.0}
+        for start in range(0, len(payloads), args.batch):
+            t = time.process_time()
+            decoded = [
+                decode_event(registry, p, attrs, f"m{start + i}", publish)
+                for i, p in enumerate(payloads[start : start + args.batch])
+            ]
+            t1 = time.process_time()
+            table = messages_to_table(
+                spec, [e.message for e in decoded], [e.ingest_micros for e in decoded], [e.message_id for e in decoded]
+            )
+            t2 = time.process_time()
+            offline.write(spec, table)
+            t3 = time.process_time()
+            online.write(spec, [e.message for e in decoded], [e.publish_micros for e in decoded])
+            t4 = time.process_time()
+            for name, took in zip(parts, (t1 - t, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[name] += took
+        total = sum(parts.values())
+        print(f"our transforms, CPU per event (batches of {args.batch}, {args.events} events):")
+        for name, took in parts.items():
+            print(f"  {name:<24} {took / args.events * 1e6:6.1f} µs")
+        print(f"  {'total':<24} {total / args.events * 1e6:6.1f} µs")
+
+
+class Stack:
+    """A Redis, the Pub/Sub emulator and fresh topic names, in env vars for the subprocesses."""
+
+    def __enter__(self) -> Stack:
+        from store.local_services import PubSubEmulator, RedisServer
+
+        self.redis = RedisServer()
+        self.redis.start()
+        self.emulator = PubSubEmulator()
+        self.emulator.start()
+        self.tmp = Path(tempfile.mkdtemp(prefix="fstore-bench-"))
+        suffix = uuid.uuid4().hex[:6]
+        self.env = env_with(
+            FSTORE_REDIS_URL=self.redis.url,
+            PUBSUB_EMULATOR_HOST=self.emulator.host,
+            FSTORE_OFFLINE=f"duckdb:///{self.tmp}/offline",
+            FSTORE_DATA_DIR=str(self.tmp / ".fstore"),
+            FSTORE_PUBSUB__TOPIC=f"bench-{suffix}",
+            FSTORE_PUBSUB__SUBSCRIPTION=f"bench-ingest-{suffix}",
+            FSTORE_CONFIG=str(self.tmp / "fstore.yaml"),
+        )
+        (self.tmp / "fstore.yaml").write_text("{}\n")
+        os.environ.update(self.env)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.emulator.stop()
+        self.redis.stop()
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{args[-1]}.log", "wb")  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_subscription(subscription: str) -> None:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    sub = pubsub_v1.SubscriberClient()
+    while True:
+        try:
+            sub.get_subscription(subscription=subscription)
+            return
+        except Exception:
+            time.sleep(0.2)
+
+
+def publish_all(topic: str, payloads: list[bytes], attrs: dict[str, str]) -> float:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_latency=0.01)
+    )
+    t = time.perf_counter()
+    for start in range(0, len(payloads), 10_000):
+        futures = [publisher.publish(topic, p, **attrs) for p in payloads[start : start + 10_000]]
+        for f in futures:
+            f.result()
+    return time.perf_counter() - t
+
+
+def stream(args: argparse.Namespace) -> None:
+    """Our streaming job vs a trivial job (Pub/Sub -> Redis SET) on the same runner, same emulator."""
+    import redis
+
+    from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+    from store.registry import Registry
+
+    spec = Registry.default().get("user")
+    attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
+    msgs = events(spec, args.events, args.events)  # distinct users mostly: every event lands online
+    payloads = [m.SerializeToString() for m in msgs]
+    with Stack() as stack:
+        project = "fstore-local"
+        client = redis.Redis.from_url(stack.redis.url)
+        # 1. the trivial pipeline: the runner's ceiling
+        topic = f"projects/{project}/topics/trivial"
+        sub = f"projects/{project}/subscriptions/trivial"
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+        pubsub_v1.PublisherClient().create_topic(name=topic)
+        pubsub_v1.SubscriberClient().create_subscription(name=sub, topic=topic)
+        publish_all(topic, payloads, attrs)
+        trivial = stack.start(str(Path(__file__).with_name("trivial_stream.py")), stack.redis.url, sub, "trivial")
+        t = time.perf_counter()
+        while int(client.dbsize()) < args.events and trivial.poll() is None:
+            time.sleep(0.5)
+        ceiling = args.events / (time.perf_counter() - t)
+        kill(trivial)
+        client.flushall()
+        print(f"trivial pipeline (Pub/Sub -> Redis SET), local runner: {ceiling:,.0f} events/s")
+
+        # 2. our job
+        topic = f"projects/{project}/topics/{stack.env['FSTORE_PUBSUB__TOPIC']}"
+        job = stack.start("-m", "store.cli", "ingest", "stream")
+        wait_subscription(f"projects/{project}/subscriptions/{stack.env['FSTORE_PUBSUB__SUBSCRIPTION']}")
+        publish_all(topic, payloads, attrs)
+        t = time.perf_counter()
+        distinct = len({m.user_id for m in msgs})
+        while int(client.dbsize()) < distinct and job.poll() is None:
+            time.sleep(0.5)
+        ours = args.events / (time.perf_counter() - t)
+        kill(job)
+        print(f"fstore ingest stream (decode, validate, offline + online writes): {ours:,.0f} events/s")
+        print(f"ratio: {ours / ceiling:.0%} of the runner's ceiling")
+
+
+def freshness(args: argparse.Namespace) -> None:
+    """A trickle of events/s; for each, publish -> readable online (Redis poll every 2 ms)."""
+    import redis
+
+    from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+    from store.registry import Registry
+
+    spec = Registry.default().get("user")
+    attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
+    with Stack() as stack:
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+        client = redis.Redis.from_url(stack.redis.url)
+        topic = f"projects/fstore-local/topics/{stack.env['FSTORE_PUBSUB__TOPIC']}"
+        job = stack.start("-m", "store.cli", "ingest", "stream")
+        wait_subscription(f"projects/fstore-local/subscriptions/{stack.env['FSTORE_PUBSUB__SUBSCRIPTION']}")
+        publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
+        # warm up: the first bundle pays for DoFn setup
+        warm = events(spec, 1, 1, seed=9)[0]
+        warm.user_id = 10**9
+        publisher.publish(topic, warm.SerializeToString(), **attrs).result()
+        while not client.exists(f"fs:user:v1:{10**9}"):
+            time.sleep(0.05)
+        seen: dict[int, float] = {}
+        sent: dict[int, float] = {}
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                pending = [i for i in sent if i not in seen]
+                if pending:
+                    values = client.mget([f"fs:user:v1:{i}" for i in pending])
+                    now = time.perf_counter()
+                    for i, v in zip(pending, values, strict=True):
+                        if v is not None:
+                            seen[i] = now
+                time.sleep(0.002)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        interval = 1 / args.rate
+        msgs = events(spec, args.events, 1, seed=3)
+        for n, m in enumerate(msgs):
+            m.user_id = n + 1
+            m.event_time.FromDatetime(datetime.now(UTC))
+            sent[m.user_id] = time.perf_counter()
+            publisher.publish(topic, m.SerializeToString(), **attrs)
+            time.sleep(interval)
+        deadline = time.monotonic() + 30
+        while len(seen) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        poller.join()
+        kill(job)
+        lat = sorted((seen[i] - sent[i]) * 1000 for i in seen)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        print(
+            f"freshness at {args.rate} events/s ({len(lat)}/{len(sent)} seen): "
+            f"p50 {statistics.median(lat):.0f} ms, p99 {p99:.0f} ms (publish -> readable online)"
+        )
+
+
+def backfill(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from store.offline.schema import arrow_schema, messages_to_table
+    from store.registry import Registry
+
+    spec = Registry.default().get("user")
+    with Stack() as stack:
+        jsonl = stack.tmp / "events.jsonl"
+        parquet = stack.tmp / "events.parquet"
+        rng = random.Random(5)
+        with jsonl.open("w") as out:
+            for i in range(args.events):
+                when = T0 + timedelta(seconds=rng.randint(0, 20 * 86400))
+                out.write(
+                    json.dumps(
+                        {
+                            "userId": str(rng.randint(1, args.events // 10)),
+                            "eventTime": when.isoformat().replace("+00:00", "Z"),
+                            "age": rng.randint(18, 90),
+                            "country": "JP",
+                            "lifetimeOrders": str(i % 500),
+                            "avgOrderValue": 12.5,
+                            "favoriteCategories": ["books"],
+                            "embedding": [0.25] * 16,
+                        }
+                    )
+                    + "\n"
+                )
+        msgs = events(spec, args.events, args.events // 10)
+        table = messages_to_table(spec, msgs, [0] * len(msgs), [""] * len(msgs))
+        table = table.drop_columns(["ingest_time", "message_id"])
+        pq.write_table(table, parquet, row_group_size=100_000)
+        del msgs
+        assert isinstance(arrow_schema(spec), pa.Schema)
+        for name, path in (("JSONL", jsonl), ("parquet", parquet)):
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "store.cli", "ingest", "backfill", "--entity", "user", "--input", str(path)],
+                env=stack.env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            took = time.perf_counter() - t
+            print(f"backfill {name}: {args.events:,} events in {took:.1f} s = {args.events / took:,.0f} events/s")
+            print("   " + (proc.stdout.strip().splitlines() or [proc.stderr[-500:]])[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("cpu")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=10, help="events per bundle (the local runner pulls 10)")
+    p = sub.add_parser("stream")
+    p.add_argument("--events", type=int, default=100_000)
+    p = sub.add_parser("freshness")
+    p.add_argument("--events", type=int, default=400)
+    p.add_argument("--rate", type=float, default=20)
+    p = sub.add_parser("backfill")
+    p.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    {"cpu": cpu, "stream": stream, "freshness": freshness, "backfill": backfill}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

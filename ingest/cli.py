@@ -1,0 +1,90 @@
+"""`fstore publish`, `fstore ingest stream`, `fstore ingest backfill`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+
+ingest_app = typer.Typer(help="Run the ingest job: Pub/Sub (streaming) or files (backfill) into both stores.")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@ingest_app.command("stream", context_settings=PASS_THROUGH)
+def stream(ctx: typer.Context) -> None:
+    """Run the streaming job until stopped. Extra arguments are Beam pipeline options, e.g.
+    `--runner DataflowRunner --region europe-west1 --temp_location gs://…`; default: Beam's local runner."""
+    from ingest.pipeline import run_stream
+    from ingest.pubsub import ensure_subscriptions, routes
+    from store import FeatureStore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    fs = FeatureStore.from_config()
+    job_routes = routes(fs.settings, fs.registry)
+    ensure_subscriptions(fs.settings, job_routes)
+    for route in job_routes:
+        typer.echo(f"reading {route.subscription} (topic {route.topic})")
+    typer.echo(f"offline store {fs.settings.offline}; online store {fs.settings.redis_url or 'embedded Redis'}")
+    run_stream(fs.settings, job_routes, ctx.args)
+
+
+@ingest_app.command("backfill", context_settings=PASS_THROUGH)
+def backfill(
+    ctx: typer.Context,
+    entity: str = typer.Option(..., help="Entity name, e.g. user."),
+    input: list[Path] = typer.Option(..., "--input", help="JSONL (protobuf JSON mapping) or parquet file(s)."),
+    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+) -> None:
+    """Load files of events through the same decode/validate/write transforms, as a batch Beam job."""
+    from ingest.pipeline import run_backfill
+    from store import FeatureStore
+
+    fs = FeatureStore.from_config()
+    spec = fs.spec(entity, version)
+    for path in input:
+        if not path.is_file():
+            raise typer.BadParameter(f"{path}: no such file", param_hint="--input")
+    started = time.monotonic()
+    result = run_backfill(fs.settings, spec.name, spec.version, input, ctx.args)
+    took = time.monotonic() - started
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    read = counters.get("events_read", 0)
+    dead = sum(v for k, v in counters.items() if k.startswith("dead_letters_"))
+    typer.echo(
+        f"backfill of {spec.ref}: {read} events read, {counters.get('offline_written', 0)} stored offline, "
+        f"{counters.get('online_written', 0)} written online, {dead} dead letters, in {took:.1f} s"
+        + (f" ({read / took:,.0f} events/s)" if took > 0 else "")
+    )
+    for name, value in sorted(counters.items()):
+        if name.startswith("dead_letters_"):
+            typer.echo(f"  dead letters, {name.removeprefix('dead_letters_')}: {value}")
+
+
+def publish(
+    entity: str = typer.Option(..., help="Entity name, e.g. user."),
+    file: Path = typer.Option(..., help="JSONL: one event per line, protobuf's JSON mapping of the message."),
+    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+) -> None:
+    """Publish events with the generated client (routing attributes set). A bad line is reported with its
+    line number and nothing is published."""
+    from ingest.publish import publish_file
+    from ingest.pubsub import ensure_subscriptions, routes, topic_path
+    from store import FeatureStore
+
+    fs = FeatureStore.from_config()
+    spec = fs.spec(entity, version)
+    # Subscriptions too: on the emulator, events published to a topic nobody subscribes to yet are lost.
+    ensure_subscriptions(fs.settings, routes(fs.settings, fs.registry))
+    topic = topic_path(fs.settings, spec.name)
+    started = time.monotonic()
+    ids = publish_file(file, spec.name, spec.version, topic, fs.settings.project)
+    took = time.monotonic() - started
+    typer.echo(f"published {len(ids)} {spec.ref} events to {topic} in {took:.2f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ingest_app, name="ingest")
+    app.command("publish")(publish)

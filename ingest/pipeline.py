@@ -1,0 +1,90 @@
+"""The ingest pipelines, read top to bottom. Streaming: Pub/Sub -> decode/validate -> both stores, dead
+letters aside. Backfill: the same transforms in batch, from JSONL or parquet files.
+
+Runners are always named: `BundleBasedDirectRunner` (streaming) and `FnApiRunner` (batch) locally, so Beam
+never tries to download Prism; `--runner DataflowRunner` (and any Beam option) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from ingest.pubsub import Route
+from ingest.sources import ReadEventFiles
+from ingest.transforms import DecodeAndValidate, WriteDeadLetters, WriteOffline, WriteOnline
+from store.settings import Settings
+
+
+class ReadPubSubEvents(beam.PTransform):
+    """PubsubMessages (data, attributes, message id, publish time) from every route's subscription."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        super().__init__()
+        self.routes = list(routes)
+
+    def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
+        reads = [
+            begin
+            | f"Read {r.subscription.rsplit('/', 1)[1]}"
+            >> beam.io.ReadFromPubSub(subscription=r.subscription, with_attributes=True)
+            for r in self.routes
+        ]
+        return reads[0] if len(reads) == 1 else tuple(reads) | "Merge subscriptions" >> beam.Flatten()
+
+
+def build_stream(pipeline: beam.Pipeline, settings: Settings, routes: Sequence[Route]) -> None:
+    decoded = (
+        pipeline
+        | "ReadPubSub" >> ReadPubSubEvents(routes)
+        | "DecodeAndValidate" >> DecodeAndValidate(settings)
+    )  # fmt: skip
+    decoded.events | "WriteOffline" >> WriteOffline(settings)
+    decoded.events | "WriteOnline" >> WriteOnline(settings)
+    decoded.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=True)
+
+
+def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, version: int, inputs: list[str]) -> None:
+    files = pipeline | "ReadFiles" >> ReadEventFiles(entity, version, inputs)
+    decoded = files["records"] | "DecodeAndValidate" >> DecodeAndValidate(settings)
+    decoded.events | "WriteOffline" >> WriteOffline(settings)
+    decoded.events | "WriteOnline" >> WriteOnline(settings)
+    rejected = (files["dead_letters"], decoded.dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
+
+
+def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[PipelineOptions, Any]:
+    """Options from the pass-through arguments, and the runner to use (a local one unless one was named)."""
+    options = PipelineOptions(list(beam_args), save_main_session=False)
+    standard = options.view_as(StandardOptions)
+    standard.streaming = streaming or standard.streaming
+    if standard.runner:
+        return options, None
+    if streaming:
+        from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+        return options, BundleBasedDirectRunner()
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return options, FnApiRunner()
+
+
+def run_stream(settings: Settings, routes: Sequence[Route], beam_args: Sequence[str] = ()) -> None:
+    options, runner = pipeline_options(beam_args, streaming=True)
+    with beam.Pipeline(runner=runner, options=options) as pipeline:
+        build_stream(pipeline, settings, routes)
+
+
+def run_backfill(
+    settings: Settings, entity: str, version: int, inputs: list[Path], beam_args: Sequence[str] = ()
+) -> Any:
+    options, runner = pipeline_options(beam_args, streaming=False)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_backfill(pipeline, settings, entity, version, [str(p) for p in inputs])
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
