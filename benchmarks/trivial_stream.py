@@ -1,4 +1,4 @@
-"""The local runner's ceiling: Pub/Sub -> Redis SET, nothing else (used by benchmarks/ingest.py stream)."""
+"""The local runner's ceiling: Pub/Sub -> Redis SET, nothing else (used by benchmarks/streaming.py stream)."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def publish(
     ensure_subscriptions(fs.settings, routes(fs.settings, fs.registry))
     topic = topic_path(fs.settings, spec.name)
     started = time.monotonic()
-    ids = publish_file(file, spec.name, spec.version, topic, fs.settings.project)
+    ids = publish_file(file, spec, topic, fs.settings.project)
     took = time.monotonic() - started
     typer.echo(f"published {len(ids)} {spec.ref} events to {topic} in {took:.2f} s")
 

@@ -15,6 +15,7 @@ from apache_beam import pvalue
 from google.protobuf import json_format
 
 from ingest.events import default_registry
+from ingest.jsonmap import JsonEventParser
 from ingest.transforms import DEAD_LETTERS
 from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
 
@@ -41,6 +42,7 @@ class _JsonLinesToRecordsFn(beam.DoFn):
 
     def setup(self) -> None:
         self.spec = default_registry().get(self.entity, self.version)
+        self.parser = JsonEventParser(self.spec)
         self.attributes = {
             ATTR_ENTITY: self.spec.name,
             ATTR_VERSION: str(self.spec.version),
@@ -51,9 +53,8 @@ class _JsonLinesToRecordsFn(beam.DoFn):
         if not line.strip():
             return
         raw = line.encode()
-        message = self.spec.message_class()
         try:
-            json_format.Parse(line, message)
+            message = self.parser.parse(line)
         except json_format.ParseError as exc:
             yield pvalue.TaggedOutput(
                 DEAD_LETTERS,

@@ -1,9 +1,9 @@
 """Ingest benchmarks (issue 5). Starts its own Redis and Pub/Sub emulator; prints numbers.
 
-.venv/bin/python benchmarks/ingest.py cpu                 # µs per event of our transforms (no Beam)
-.venv/bin/python benchmarks/ingest.py freshness           # 20 events/s trickle: publish -> readable online
-.venv/bin/python benchmarks/ingest.py stream --events 100000   # our job vs a trivial job, same runner
-.venv/bin/python benchmarks/ingest.py backfill --events 1000000  # JSONL and parquet
+.venv/bin/python benchmarks/streaming.py cpu                 # µs per event of our transforms (no Beam)
+.venv/bin/python benchmarks/streaming.py freshness           # 20 events/s trickle: publish -> readable online
+.venv/bin/python benchmarks/streaming.py stream --events 100000   # our job vs a trivial job, same runner
+.venv/bin/python benchmarks/streaming.py backfill --events 1000000  # JSONL and parquet
 """
 
 from __future__ import annotations
@@ -65,7 +65,11 @@ def cpu(args: argparse.Namespace) -> None:
     registry = Registry.default()
     spec = registry.get("user")
     attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
-    payloads = [m.SerializeToString() for m in events(spec, args.events, args.events // 10)]
+    now = datetime.now(UTC)
+    msgs = events(spec, args.events, args.events // 10)
+    for m in msgs:  # a live stream: event times within the last minutes, so one date partition offline
+        m.event_time.FromDatetime(now - timedelta(seconds=random.random() * 600))
+    payloads = [m.SerializeToString() for m in msgs]
     publish = datetime.now(UTC)
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         from store.offline.duckdb import DuckDBOfflineStore
@@ -100,6 +104,9 @@ def cpu(args: argparse.Namespace) -> None:
 class Stack:
     """A Redis, the Pub/Sub emulator and fresh topic names, in env vars for the subprocesses."""
 
+    def __init__(self, compact_after: int = 256) -> None:
+        self.compact_after = compact_after
+
     def __enter__(self) -> Stack:
         from store.local_services import PubSubEmulator, RedisServer
 
@@ -109,10 +116,11 @@ class Stack:
         self.emulator.start()
         self.tmp = Path(tempfile.mkdtemp(prefix="fstore-bench-"))
         suffix = uuid.uuid4().hex[:6]
+        compact_after = self.compact_after
         self.env = env_with(
             FSTORE_REDIS_URL=self.redis.url,
             PUBSUB_EMULATOR_HOST=self.emulator.host,
-            FSTORE_OFFLINE=f"duckdb:///{self.tmp}/offline",
+            FSTORE_OFFLINE=f"duckdb:///{self.tmp}/offline?compact_after={compact_after}",
             FSTORE_DATA_DIR=str(self.tmp / ".fstore"),
             FSTORE_PUBSUB__TOPIC=f"bench-{suffix}",
             FSTORE_PUBSUB__SUBSCRIPTION=f"bench-ingest-{suffix}",
@@ -219,7 +227,7 @@ def freshness(args: argparse.Namespace) -> None:
 
     spec = Registry.default().get("user")
     attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
-    with Stack() as stack:
+    with Stack(compact_after=0) as stack:
         from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         client = redis.Redis.from_url(stack.redis.url)
@@ -242,7 +250,7 @@ def freshness(args: argparse.Namespace) -> None:
                 pending = [i for i in sent if i not in seen]
                 if pending:
                     values = client.mget([f"fs:user:v1:{i}" for i in pending])
-                    now = time.perf_counter()
+                    now = time.time()
                     for i, v in zip(pending, values, strict=True):
                         if v is not None:
                             seen[i] = now
@@ -255,7 +263,7 @@ def freshness(args: argparse.Namespace) -> None:
         for n, m in enumerate(msgs):
             m.user_id = n + 1
             m.event_time.FromDatetime(datetime.now(UTC))
-            sent[m.user_id] = time.perf_counter()
+            sent[m.user_id] = time.time()
             publisher.publish(topic, m.SerializeToString(), **attrs)
             time.sleep(interval)
         deadline = time.monotonic() + 30
@@ -264,12 +272,26 @@ def freshness(args: argparse.Namespace) -> None:
         stop.set()
         poller.join()
         kill(job)
-        lat = sorted((seen[i] - sent[i]) * 1000 for i in seen)
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        print(
-            f"freshness at {args.rate} events/s ({len(lat)}/{len(sent)} seen): "
-            f"p50 {statistics.median(lat):.0f} ms, p99 {p99:.0f} ms (publish -> readable online)"
-        )
+        # Offline: each streaming bundle is one parquet segment (compaction off here), so a segment's mtime is
+        # when its events became readable offline.
+        import pyarrow.parquet as pq
+
+        offline_seen: dict[int, float] = {}
+        for path in (stack.tmp / "offline" / "user_v1").rglob("*.parquet"):
+            written = path.stat().st_mtime
+            for user_id in pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist():
+                offline_seen[user_id] = written
+        both = {i: max(seen[i], offline_seen[i]) for i in seen if i in offline_seen}
+        for label, times in (("readable online", seen), ("written offline", offline_seen), ("both", both)):
+            lat = sorted((times[i] - sent[i]) * 1000 for i in times if i in sent)
+            if not lat:
+                print(f"freshness ({label}): nothing seen")
+                continue
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(
+                f"freshness at {args.rate} events/s, publish -> {label} ({len(lat)}/{len(sent)}): "
+                f"p50 {statistics.median(lat):.0f} ms, p99 {p99:.0f} ms"
+            )
 
 
 def backfill(args: argparse.Namespace) -> None:
