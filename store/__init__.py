@@ -83,7 +83,7 @@ class FeatureStore:
         return self.online.write(self.spec(entity, version), messages)
 
     def export_training_set(
-        self, spine: Any, features: Sequence[str], out: str | Path, **options: Any
+        self, spine: Any, features: Sequence[str] | None, out: str | Path, **options: Any
     ) -> dict[str, Any]:
         """Point-in-time-correct training set: parquet at `out`, manifest beside it; returns the manifest."""
         return self.offline.export_training_set(spine, features, Path(out), **options)

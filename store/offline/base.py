@@ -57,7 +57,7 @@ class OfflineStore(ABC):
     def export_training_set(
         self,
         spine: Any,
-        features: Sequence[str],
+        features: Sequence[str] | None,
         out: Path,
         **options: Any,
     ) -> dict[str, Any]:

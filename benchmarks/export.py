@@ -1,0 +1,201 @@
+"""Training-set export benchmark (issue 4): fstore's point-in-time export vs a hand-written DuckDB ASOF join.
+
+    .venv/bin/python benchmarks/export.py                       # 10,000,000 rows, 1,000,000 users, 1,000,000 spine rows
+    .venv/bin/python benchmarks/export.py --rows 1000000 --users 100000 --spine-rows 100000   # quick
+
+Generates `user` v1 history over 30 days straight into the embedded store's layout (one parquet segment
+per day, then compacted by the store's own `compact`, as after `fstore compact`; `--fresh` skips the
+compaction, so every read deduplicates and breaks ties with window functions), and a spine. Then, each in
+its own subprocess so peak RSS (ru_maxrss) is its own:
+  floor:  spine ASOF LEFT JOIN history -> parquet, the bare join (no TTL, no tie-breaks, no row order);
+  fstore: DuckDBOfflineStore.export_training_set(spine, ["user:*"]): TTL, tie-breaks, dedup, spine order,
+          manifest.
+Both run with the same DuckDB memory limit and spill directory. Targets: fstore <= 1.3x the floor, <= 1.6 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DAYS = 30
+START = "TIMESTAMPTZ '2026-01-01 00:00:00+00'"
+DAY_US = 86_400_000_000
+
+
+def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) -> None:
+    import duckdb
+
+    marker = data / "generated.json"
+    params = {"rows": rows, "users": users, "spine_rows": spine_rows, "fresh": fresh, "layout": 2}
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        print(f"reusing data in {data}")
+        return
+    shutil.rmtree(data, ignore_errors=True)
+    started = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    per_day = rows // DAYS
+    for day in range(DAYS):
+        first, last = day * per_day, (day + 1) * per_day if day < DAYS - 1 else rows
+        partition = data / "offline" / "user_v1" / f"date=2026-01-{day + 1:02d}"
+        partition.mkdir(parents=True)
+        name = f"{day:032x}.parquet"  # a fresh segment; compacted below unless --fresh
+        # hash(i) spreads keys and times; ingest lags the event by 1-60 s; ids are unique per row.
+        con.execute(
+            f"""COPY (
+              SELECT (hash(i) % {users})::BIGINT AS user_id,
+                {START} + to_microseconds(({day} * {DAY_US} + hash(i * 7) % {DAY_US})::BIGINT) AS event_time,
+                {START} + to_microseconds(({day} * {DAY_US} + hash(i * 7) % {DAY_US} + 1000000
+                  + hash(i * 11) % 59000000)::BIGINT) AS ingest_time,
+                lpad(i::VARCHAR, 16, '0') AS message_id,
+                (18 + i % 60)::INTEGER AS age,
+                ['DE', 'FR', 'US', 'GB', 'IT'][1 + i % 5] AS country,
+                (i % 3 = 0) AS is_premium,
+                (i % 500)::BIGINT AS lifetime_orders,
+                (i % 1000) / 10.0 AS avg_order_value,
+                ['shoes', 'books', 'garden'][1:(i % 4)::INTEGER] AS favorite_categories,
+                list_transform(range(16), lambda x: ((hash(i + x) % 1000) / 1000.0)::FLOAT) AS embedding
+              FROM range({first}, {last}) t(i)
+              ORDER BY user_id, event_time
+            ) TO '{partition / name}' (FORMAT parquet)"""
+        )
+    con.execute(
+        f"""COPY (
+          SELECT (hash(i * 13) % {users})::BIGINT AS user_id,
+            {START} + to_microseconds((hash(i * 17) % ({DAYS} * {DAY_US}))::BIGINT) AS event_timestamp,
+            (i % 2)::INTEGER AS label
+          FROM range({spine_rows}) t(i)
+        ) TO '{data / "spine.parquet"}' (FORMAT parquet)"""
+    )
+    if not fresh:
+        _, store = _store(data, "4GB", None)
+        compacted = time.perf_counter()
+        store.compact(store.registry.get("user", 1))
+        print(f"compacted in {time.perf_counter() - compacted:.1f} s (fstore compact)")
+    marker.write_text(json.dumps(params))
+    print(f"generated {rows:,} history rows and {spine_rows:,} spine rows in {time.perf_counter() - started:.1f} s")
+
+
+def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, float]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.execute(f"SET memory_limit='{memory_limit}'")
+    con.execute(f"SET temp_directory='{data / 'spill'}'")
+    if threads:
+        con.execute(f"SET threads={threads}")
+    features = "age, country, is_premium, lifetime_orders, avg_order_value, favorite_categories, embedding"
+    selected = ", ".join(f"h.{f} AS user__{f.strip()}" for f in features.split(","))
+    started, cpu = time.perf_counter(), _cpu()
+    con.execute(
+        f"""COPY (
+          SELECT s.*, {selected}
+          FROM read_parquet('{data / "spine.parquet"}') s
+          ASOF LEFT JOIN read_parquet('{data / "offline" / "user_v1" / "*" / "*.parquet"}') h
+            ON s.user_id = h.user_id AND s.event_timestamp >= h.event_time
+        ) TO '{data / "floor.parquet"}' (FORMAT parquet)"""
+    )
+    return {"seconds": time.perf_counter() - started, "cpu_seconds": _cpu() - cpu}
+
+
+def _store(data: Path, memory_limit: str, threads: int | None) -> tuple[object, Any]:
+    sys.path.insert(0, str(ROOT))
+    from store.offline.duckdb import DuckDBOfflineStore
+    from store.registry import Registry
+
+    registry = Registry.from_descriptor_set(ROOT / "clients/python/fstore/descriptor_set.binpb")
+    store = DuckDBOfflineStore(
+        data / "offline", registry, memory_limit=memory_limit, threads=threads, temp_directory=data / "spill"
+    )
+    return registry, store
+
+
+def run_fstore(data: Path, memory_limit: str, threads: int | None) -> dict[str, float]:
+    _, store = _store(data, memory_limit, threads)
+    started, cpu = time.perf_counter(), _cpu()
+    manifest = store.export_training_set(data / "spine.parquet", ["user:*"], data / "train.parquet", progress=False)
+    seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+    nulls = manifest["output"]["columns"]["user__age"]["nulls"]
+    return {"seconds": seconds, "cpu_seconds": cpu, "rows": manifest["output"]["rows"], "age_nulls": nulls}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far: steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(which: str, data: Path, memory_limit: str, threads: int | None) -> None:
+    result = (run_floor if which == "floor" else run_fstore)(data, memory_limit, threads)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(which: str, args: argparse.Namespace) -> dict[str, float]:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--data",
+        str(args.data),
+        "--memory-limit",
+        args.memory_limit,
+    ]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    started = time.perf_counter()
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="history rows")
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--spine-rows", type=int, default=1_000_000)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/fstore-bench-export"))
+    parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit for both runs")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fresh", action="store_true", help="history as uncompacted segments (reads dedup)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate floor/fstore runs this many times")
+    parser.add_argument("--child", choices=["floor", "fstore"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.data, args.memory_limit, args.threads)
+        return
+    generate(args.data, args.rows, args.users, args.spine_rows, args.fresh)
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeat):
+        for which in ("floor", "fstore"):
+            result = measure(which, args)
+            rate = args.spine_rows / result["seconds"]
+            print(
+                f"{which:>6}: {result['seconds']:6.2f} s wall  {result['cpu_seconds']:6.2f} s CPU  "
+                f"{rate:12,.0f} spine rows/s  peak RSS {result['peak_rss_mb']:7,.0f} MB"
+            )
+            if which not in best or result["seconds"] < best[which]["seconds"]:
+                best[which] = result
+    ratio = best["fstore"]["seconds"] / best["floor"]["seconds"]
+    cpu_ratio = best["fstore"]["cpu_seconds"] / best["floor"]["cpu_seconds"]
+    print(
+        f"best of {args.repeat}: fstore / floor = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU (target <= 1.3x); "
+        f"fstore peak RSS {best['fstore']['peak_rss_mb']:,.0f} MB (target <= 1,600 MB); "
+        f"memory_limit {args.memory_limit}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""The embedded offline store: parquet segments on local disk (segments.py), queried with in-memory DuckDB.
+
+Writes are pyarrow only (a streaming batch of 10 rows costs one small file, no query engine); reads open
+a fresh in-memory DuckDB connection per call, so any number of processes can read while ingest writes.
+Deduplication by message id: each written batch is deduplicated, and ids this process wrote recently are
+skipped (catches Pub/Sub redeliveries cheaply); every read then deduplicates partitions holding fresh
+segments, keeping each message id's earliest ingest, and `compact` folds those partitions into one
+deduplicated file, after which reads skip the work. Compaction runs on its own once a partition holds
+`compact_after` fresh segments, and on demand with `fstore compact`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from store.errors import SchemaError, SettingsError
+from store.events import DeadLetter, utc_from_micros
+from store.offline import segments
+from store.offline.base import INGEST_TIME, MESSAGE_ID, LedgerEntry, OfflineStore
+from store.offline.export import finish_export, plan_export, quote
+from store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, arrow_schema, dead_letters_to_table
+from store.offline.sql import (
+    duckdb_compaction_sql,
+    duckdb_export_source,
+    duckdb_export_sql,
+    duckdb_history,
+    history_filters,
+)
+from store.registry import EntitySpec, Registry
+
+SPINE_VIEW = "__fstore_spine"
+DEFAULT_COMPACT_AFTER = 256
+RECENT_IDS = 200_000
+READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it: list again and retry
+ROW_GROUP_ROWS = 122_880
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    table: str
+    partitions: int
+    files_merged: int
+    rows: int
+
+
+class DuckDBOfflineStore(OfflineStore):
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        *,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        temp_directory: Path | None = None,
+        compact_after: int = DEFAULT_COMPACT_AFTER,
+    ) -> None:
+        self.root = Path(root)
+        self.registry = registry
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self.temp_directory = temp_directory or self.root / ".tmp"
+        self.compact_after = compact_after
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        # Segments this process wrote per partition since it last looked: listing a partition on every small
+        # streaming write cost more than writing the segment (measured), so we look every `compact_after / 4`.
+        self._written_since_check: dict[Path, int] = {}
+
+    @classmethod
+    def from_url(cls, url: str, registry: Registry) -> DuckDBOfflineStore:
+        """`duckdb:///relative/path`, `duckdb:////absolute/path`, with optional query parameters
+        `memory_limit=2GB`, `threads=4`, `temp_directory=/path`, `compact_after=256`."""
+        if not url.startswith("duckdb:///"):
+            raise SettingsError(f"offline: {url!r} must look like duckdb:///path")
+        parsed = urlparse(url)
+        path = url[len("duckdb:///") :].split("?", 1)[0]
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        unknown = set(query) - {"memory_limit", "threads", "temp_directory", "compact_after"}
+        if unknown or not path:
+            raise SettingsError(f"offline: {url!r}: unknown parameter(s) {', '.join(sorted(unknown))} or no path")
+        try:
+            return cls(
+                Path(path),
+                registry,
+                memory_limit=query.get("memory_limit"),
+                threads=int(query["threads"]) if "threads" in query else None,
+                temp_directory=Path(query["temp_directory"]) if "temp_directory" in query else None,
+                compact_after=int(query.get("compact_after", DEFAULT_COMPACT_AFTER)),
+            )
+        except ValueError as exc:
+            raise SettingsError(f"offline: {url!r}: {exc}") from None
+
+    # --- writes ------------------------------------------------------------------------------------------
+
+    def write(self, spec: EntitySpec, rows: pa.Table) -> int:
+        table = conform(rows, arrow_schema(spec), f"rows for {spec.ref}")
+        for column in (spec.key.name, spec.event_time.name, INGEST_TIME, MESSAGE_ID):
+            if table.column(column).null_count:
+                raise SchemaError(f"rows for {spec.ref}: column {column!r} has nulls; every row needs one")
+        table = self._new_rows(table)
+        if table.num_rows == 0:
+            return 0
+        table_dir = self.root / spec.table_name
+        touched = []
+        for day, part in split_by_day(table, spec.event_time.name):
+            partition_dir = table_dir / f"date={day.isoformat()}"
+            segments.write_segment(partition_dir, part)
+            touched.append(partition_dir)
+        self._remember(table.column(MESSAGE_ID).to_pylist())
+        for partition_dir in touched:
+            self._maybe_compact(spec, partition_dir)
+        return table.num_rows
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        if not letters:
+            return 0
+        table = dead_letters_to_table(letters)
+        for day, part in split_by_day(table, INGEST_TIME):
+            segments.write_segment(self.root / DEAD_LETTERS_TABLE / f"date={day.isoformat()}", part)
+        return table.num_rows
+
+    def _new_rows(self, table: pa.Table) -> pa.Table:
+        """Each message id once (earliest ingest time), and none this process stored recently."""
+        ids = table.column(MESSAGE_ID).to_pylist()
+        ingest = table.column(INGEST_TIME).cast(pa.int64()).to_numpy()
+        keep: dict[str, int] = {}
+        with self._recent_lock:
+            for i in np.argsort(ingest, kind="stable").tolist():
+                if ids[i] not in keep and ids[i] not in self._recent:
+                    keep[ids[i]] = i
+        if len(keep) == len(ids):
+            return table
+        return table.take(pa.array(sorted(keep.values()), type=pa.int64()))
+
+    def _remember(self, ids: list[str]) -> None:
+        with self._recent_lock:
+            for message_id in ids:
+                self._recent[message_id] = None
+            while len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+
+    # --- compaction --------------------------------------------------------------------------------------
+
+    def compact(self, spec: EntitySpec, *, min_fresh: int = 1) -> CompactionResult:
+        """Fold every partition with at least `min_fresh` fresh segments into one deduplicated file, sorted by
+        key and event time. Safe while ingest writes and exports read; a partition another process is
+        compacting is skipped."""
+        done = CompactionResult(spec.table_name, 0, 0, 0)
+        for partition in segments.partitions(self.root / spec.table_name):
+            if len(partition.fresh) >= min_fresh and not partition.is_clean:
+                merged = self._compact_partition(spec, partition.path)
+                if merged is not None:
+                    done = CompactionResult(
+                        spec.table_name, done.partitions + 1, done.files_merged + merged[0], done.rows + merged[1]
+                    )
+        return done
+
+    def _maybe_compact(self, spec: EntitySpec, partition_dir: Path) -> None:
+        if self.compact_after <= 0:
+            return
+        written = self._written_since_check.get(partition_dir, 0) + 1
+        if written < max(1, self.compact_after // 4):
+            self._written_since_check[partition_dir] = written
+            return
+        self._written_since_check[partition_dir] = 0
+        if len(segments.read_partition(partition_dir).fresh) >= self.compact_after:
+            self._compact_partition(spec, partition_dir)
+
+    def _compact_partition(self, spec: EntitySpec, partition_dir: Path) -> tuple[int, int] | None:
+        with segments.compaction_lock(partition_dir) as mine:
+            if not mine:
+                return None
+            partition = segments.read_partition(partition_dir)
+            if partition.is_clean or not partition.files:
+                return None
+            target = segments.next_compacted_path(partition)
+            tmp = target.with_name(f".{target.name}.tmp")
+            sql = duckdb_compaction_sql(spec.key.name, spec.event_time.name, [str(p) for p in partition.files])
+            with self._connect() as con:
+                con.execute(f"COPY ({sql}) TO '{_escape(str(tmp))}' (FORMAT parquet)")
+                rows = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchone()
+            os.replace(tmp, target)
+            for path in partition.files:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            return len(partition.files), int(rows[0]) if rows else 0
+
+    # --- reads -------------------------------------------------------------------------------------------
+
+    def history(self, spec: EntitySpec) -> pa.Table:
+        order = ", ".join(quote(c) for c in (spec.key.name, spec.event_time.name, INGEST_TIME, MESSAGE_ID))
+
+        def query(con: duckdb.DuckDBPyConnection) -> pa.Table:
+            source = self._history_sql(con, spec, [])
+            return con.sql(f"SELECT * FROM ({source}) ORDER BY {order}").to_arrow_table()
+
+        return conform(self._read(query), arrow_schema(spec), spec.table_name, fill_missing=True)
+
+    def dead_letters(self) -> pa.Table:
+        def query(con: duckdb.DuckDBPyConnection) -> pa.Table:
+            files = [str(p) for part in segments.partitions(self.root / DEAD_LETTERS_TABLE) for p in part.files]
+            con.register("__fstore_empty", DEAD_LETTER_SCHEMA.empty_table())
+            source = duckdb_history([], files, [], "__fstore_empty")
+            return con.sql(f"SELECT * FROM ({source}) ORDER BY {INGEST_TIME}, {MESSAGE_ID}").to_arrow_table()
+
+        return conform(self._read(query), DEAD_LETTER_SCHEMA, "dead letters")
+
+    def ledger(self) -> list[LedgerEntry]:
+        entries = []
+        for entity, version, table_dir in segments.table_dirs(self.root):
+            spec = self._spec_or_none(entity, version)
+            stats = self._read(lambda con, d=table_dir, s=spec: _table_stats(con, d, s))
+            if stats[0]:
+                rows, first, last, ingested = stats
+                entries.append(LedgerEntry(entity, version, int(rows), _utc(first), _utc(last), _utc(ingested)))
+        return entries
+
+    def high_water_mark(self, spec: EntitySpec) -> int | None:
+        """Max ingest time (µs) stored for the entity version; None when it has no rows."""
+
+        def query(con: duckdb.DuckDBPyConnection) -> int | None:
+            files = [str(p) for part in segments.partitions(self.root / spec.table_name) for p in part.files]
+            if not files:
+                return None
+            row = con.execute(f"SELECT epoch_us(max({INGEST_TIME})) FROM read_parquet({_file_list(files)})").fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        result: int | None = self._read(query)
+        return result
+
+    # --- export ------------------------------------------------------------------------------------------
+
+    def export_training_set(
+        self,
+        spine: Any,
+        features: Sequence[str] | None,
+        out: Path,
+        *,
+        timestamp_column: str | None = None,
+        versions: dict[str, int] | None = None,
+        column_format: str | None = None,
+        reproduce: dict[str, Any] | str | Path | None = None,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        progress: bool = True,
+        **unknown: Any,
+    ) -> dict[str, Any]:
+        """Point-in-time-correct join of `spine` with `features` (`entity:feature` or `entity:*`), written to
+        parquet at `out` with `<out>.manifest.json` beside it; returns the manifest.
+
+        timestamp_column: the spine's timestamp column (default `event_timestamp`).
+        versions: entity -> version to read (default: the latest version of each entity).
+        column_format: output column names, from {entity}, {feature}, {version} (default `{entity}__{feature}`).
+        reproduce: a manifest (or its path): re-run it, same features, versions and high-water marks.
+        memory_limit / threads: DuckDB limits for this export (default: the store's); beyond the memory
+            limit DuckDB spills to the store's temp directory.
+        progress: show a progress bar, only when stderr is a terminal.
+        """
+        if unknown:
+            raise TypeError(f"unknown export option(s): {', '.join(sorted(unknown))}")
+        plan = plan_export(
+            self.registry,
+            spine,
+            features,
+            timestamp_column=timestamp_column,
+            versions=versions,
+            column_format=column_format,
+            reproduce=reproduce,
+            high_water_mark=self.high_water_mark,
+        )
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        spine_table = plan.spine.table
+
+        def run(con: duckdb.DuckDBPyConnection) -> str:
+            con.register(SPINE_VIEW, spine_table)
+            histories = {}
+            for j in plan.joins:
+                listing = segments.listing(self.root / j.spec.table_name)
+                empty = self._register_empty(con, j.spec)
+                filters = history_filters(j, plan.spine.time_bounds, "duckdb")
+                clean, mixed = [str(p) for p in listing.clean], [str(p) for p in listing.mixed]
+                histories[j.spec.table_name] = duckdb_export_source(j, clean, mixed, filters, empty)
+            sql = duckdb_export_sql(plan, SPINE_VIEW, histories)
+            copy = f"COPY ({sql}) TO '{_escape(str(tmp))}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+            _execute_with_progress(con, copy, plan.spine.rows, progress and sys.stderr.isatty())
+            return sql
+
+        try:
+            sql = self._read(run, memory_limit=memory_limit, threads=threads)
+            os.replace(tmp, out)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return finish_export(plan, out, sql, "duckdb")
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self, memory_limit: str | None = None, threads: int | None = None) -> Iterator[Any]:
+        con = duckdb.connect()
+        try:
+            # Not config={"TimeZone": ...}: that makes DuckDB fetch the icu extension, which fails offline.
+            con.execute("SET TimeZone='UTC'")
+            limit = memory_limit or self.memory_limit
+            if limit:
+                con.execute(f"SET memory_limit='{_escape(limit)}'")
+            if threads or self.threads:
+                con.execute(f"SET threads={int(threads or self.threads or 1)}")
+            self.temp_directory.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory='{_escape(str(self.temp_directory))}'")
+            yield con
+        finally:
+            con.close()
+
+    def _read(self, query: Any, memory_limit: str | None = None, threads: int | None = None) -> Any:
+        """Run `query(con)`, listing files afresh and retrying when a compaction removed one meanwhile."""
+        for attempt in range(READ_ATTEMPTS):
+            with self._connect(memory_limit, threads) as con:
+                try:
+                    return query(con)
+                except duckdb.IOException as exc:
+                    if attempt == READ_ATTEMPTS - 1 or (
+                        "No files found" not in str(exc) and "No such file" not in str(exc)
+                    ):
+                        raise
+            time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _history_sql(self, con: duckdb.DuckDBPyConnection, spec: EntitySpec, filters: list[str]) -> str:
+        listing = segments.listing(self.root / spec.table_name)
+        empty = self._register_empty(con, spec)
+        return duckdb_history([str(p) for p in listing.clean], [str(p) for p in listing.mixed], filters, empty)
+
+    def _register_empty(self, con: duckdb.DuckDBPyConnection, spec: EntitySpec) -> str:
+        """An empty table of the entity's schema: what a table with no files reads as."""
+        name = f"__fstore_empty_{spec.table_name}"
+        con.register(name, arrow_schema(spec).empty_table())
+        return name
+
+    def _spec_or_none(self, entity: str, version: int) -> EntitySpec | None:
+        try:
+            return self.registry.get(entity, version)
+        except LookupError:
+            return None
+
+
+def conform(table: pa.Table, schema: pa.Schema, what: str, *, fill_missing: bool = False) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in order and types; a missing column or an uncastable type
+    raises SchemaError naming it (`fill_missing`: a column added to the schema later reads as nulls)."""
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if not fill_missing:
+                raise SchemaError(f"{what}: missing column {field.name!r} (expected {', '.join(schema.names)})")
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(f"{what}: column {field.name!r} is {column.type}, expected {field.type}: {exc}") from None
+    return pa.Table.from_arrays(columns, schema=schema.with_metadata(None) if fill_missing else schema)
+
+
+def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.Table]]:
+    """The table's rows grouped by the UTC date of `time_column`."""
+    micros = table.column(time_column).cast(pa.int64()).to_numpy()
+    days = micros // 86_400_000_000
+    unique = np.unique(days)
+    if len(unique) == 1:
+        yield _EPOCH_DAY + timedelta(days=int(unique[0])), table
+        return
+    for day in unique.tolist():
+        yield _EPOCH_DAY + timedelta(days=day), table.filter(pa.array(days == day))
+
+
+def _table_stats(con: duckdb.DuckDBPyConnection, table_dir: Path, spec: EntitySpec | None) -> Any:
+    """Rows, first/last event time and last ingest time (µs) of one table, each message id once."""
+    listing = segments.listing(table_dir)
+    if listing.empty:
+        return (0, None, None, None)
+    source = duckdb_history([str(p) for p in listing.clean], [str(p) for p in listing.mixed], [], "")
+    t = quote(spec.event_time.name if spec else "event_time")
+    return con.execute(
+        f"SELECT count(*), epoch_us(min({t})), epoch_us(max({t})), epoch_us(max({INGEST_TIME})) FROM ({source})"
+    ).fetchone()
+
+
+def _execute_with_progress(con: duckdb.DuckDBPyConnection, sql: str, total_rows: int, show: bool) -> None:
+    if not show:
+        con.execute(sql)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    error: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            con.execute(sql)
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    columns = (
+        TextColumn("exporting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("spine rows"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("export", total=total_rows)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+            # DuckDB reports the running query's progress as a percentage (-1 when it cannot tell).
+            percent = con.query_progress()
+            if percent >= 0:
+                bar.update(task, completed=int(total_rows * min(percent, 100.0) / 100))
+        bar.update(task, completed=total_rows)
+    if error:
+        raise error[0]
+
+
+def _file_list(paths: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + _escape(p) + "'" for p in paths) + "]"
+
+
+def _escape(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _utc(micros: int | None) -> Any:
+    return None if micros is None else utc_from_micros(int(micros))

@@ -1,0 +1,271 @@
+"""Training-set export, the backend-independent half: which features, checked spine, manifest.
+
+A backend (DuckDB, BigQuery) calls `plan_export` (all checks happen here, before any join work), runs the
+join its own way, then `finish_export` writes the reproducibility manifest beside the parquet.
+
+Reproducibility: every export reads only rows with `ingest_time <= high-water mark` (the max ingest time
+per table when the export started), so the manifest describes exactly what was read, and
+`--reproduce manifest.json` re-runs the same join over the same rows, whatever was ingested since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from store.errors import FstoreError
+from store.events import utc_from_micros
+from store.offline.spine import ROW_COLUMN, Spine, load_spine
+from store.registry import EntitySpec, FieldSpec, Registry
+
+DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
+DEFAULT_COLUMN_FORMAT = "{entity}__{feature}"
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = 1
+
+
+class ExportError(FstoreError, ValueError):
+    """An export request that cannot be honoured: a malformed feature reference, a bad manifest, a clash
+    of output column names. The message names the offending value."""
+
+
+@dataclass(frozen=True)
+class EntityJoin:
+    """One entity version joined to the spine: its features, their output columns, the rows it may read."""
+
+    spec: EntitySpec
+    features: tuple[FieldSpec, ...]
+    columns: tuple[str, ...]
+    # Max ingest time (µs) of the table when the export started; None: the table was empty (reads nothing).
+    high_water_mark: int | None
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    spine: Spine
+    joins: tuple[EntityJoin, ...]
+    feature_refs: tuple[str, ...]
+    column_format: str
+
+    @property
+    def timestamp_column(self) -> str:
+        return self.spine.timestamp_column
+
+
+def manifest_path(out: Path) -> Path:
+    return out.with_name(out.name + MANIFEST_SUFFIX)
+
+
+def parse_versions(values: Sequence[str]) -> dict[str, int]:
+    """`["user=1", "item=2"]` (the CLI's repeated --version) as {"user": 1, "item": 2}."""
+    versions: dict[str, int] = {}
+    for value in values:
+        entity, sep, number = value.partition("=")
+        if not sep or not entity or not number.isdigit():
+            raise ExportError(f"--version {value!r} must look like entity=N, e.g. user=1")
+        versions[entity.strip()] = int(number)
+    return versions
+
+
+def resolve_features(
+    registry: Registry, features: Sequence[str], versions: Mapping[str, int] | None
+) -> list[tuple[EntitySpec, tuple[FieldSpec, ...]]]:
+    """`user:age`, `user:*`, ... grouped by entity in order of first mention; unknown names raise."""
+    if isinstance(features, str):
+        features = [f for f in features.split(",") if f.strip()]
+    if not features:
+        raise ExportError("no features requested; name some, e.g. user:age or user:*")
+    chosen: dict[str, list[FieldSpec]] = {}
+    specs: dict[str, EntitySpec] = {}
+    for ref in features:
+        entity, sep, name = ref.strip().partition(":")
+        if not sep or not entity or not name:
+            raise ExportError(f"feature {ref!r} must look like entity:feature or entity:*")
+        if entity not in specs:
+            specs[entity] = registry.get(entity, (versions or {}).get(entity))
+            chosen[entity] = []
+        spec = specs[entity]
+        for f in spec.features if name == "*" else (spec.feature(name),):
+            if f not in chosen[entity]:
+                chosen[entity].append(f)
+    unused = set(versions or {}) - set(specs)
+    if unused:
+        raise ExportError(f"--version given for {', '.join(sorted(unused))}, but no feature of it is requested")
+    return [(specs[e], tuple(fs)) for e, fs in chosen.items()]
+
+
+def plan_export(
+    registry: Registry,
+    spine: Any,
+    features: Sequence[str] | None,
+    *,
+    timestamp_column: str | None,
+    versions: Mapping[str, int] | None,
+    column_format: str | None,
+    reproduce: Mapping[str, Any] | str | Path | None,
+    high_water_mark: Callable[[EntitySpec], int | None],
+) -> ExportPlan:
+    """Check everything and fix what will be read. `reproduce` (a manifest or its path) replaces the
+    features, versions, timestamp column, column format and high-water marks with the manifest's."""
+    manifest = read_manifest(reproduce) if isinstance(reproduce, (str, Path)) else reproduce
+    marks: dict[str, int | None] = {}
+    if manifest is not None:
+        features, versions, timestamp_column, column_format, marks = _from_manifest(manifest, features, versions)
+        if spine is None:
+            spine = manifest["spine"].get("path")
+            if spine is None:
+                raise ExportError("the manifest's spine was an in-memory table; pass the same spine again")
+    if spine is None:
+        raise ExportError("no spine given")
+    if features is None:
+        raise ExportError("no features requested; name some, e.g. user:age or user:*")
+    resolved = resolve_features(registry, features, versions)
+    column_format = column_format or DEFAULT_COLUMN_FORMAT
+    loaded = load_spine(spine, timestamp_column or DEFAULT_TIMESTAMP_COLUMN, [spec for spec, _ in resolved])
+    if manifest is not None:
+        _check_same_inputs(manifest, loaded, resolved)
+    taken = set(loaded.columns)
+    joins = []
+    for spec, fields in resolved:
+        columns = []
+        for f in fields:
+            try:
+                name = column_format.format(entity=spec.name, feature=f.name, version=spec.version)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ExportError(
+                    f"column format {column_format!r} is invalid ({exc}); use {{entity}}, {{feature}}, {{version}}"
+                ) from None
+            if name in taken or name == ROW_COLUMN:
+                raise ExportError(f"output column {name!r} (of {spec.name}:{f.name}) clashes with another column")
+            taken.add(name)
+            columns.append(name)
+        mark = marks[spec.table_name] if manifest is not None else high_water_mark(spec)
+        joins.append(EntityJoin(spec, fields, tuple(columns), mark))
+    refs = tuple(f"{spec.name}:{f.name}" for spec, fields in resolved for f in fields)
+    return ExportPlan(loaded, tuple(joins), refs, column_format)
+
+
+def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> dict[str, Any]:
+    """Count rows and nulls of the written parquet, write the manifest beside it, return the manifest."""
+    stats = output_stats(out, [c for j in plan.joins for c in j.columns])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "fstore_version": importlib.metadata.version("fstore"),
+        "created_at": datetime.now(UTC).isoformat(),
+        "backend": backend,
+        "features": list(plan.feature_refs),
+        "timestamp_column": plan.timestamp_column,
+        "column_format": plan.column_format,
+        "entities": [
+            {
+                "entity": j.spec.name,
+                "version": j.spec.version,
+                "table": j.spec.table_name,
+                "fingerprint": j.spec.fingerprint,
+                "ttl_seconds": j.spec.ttl_seconds,
+                "key": j.spec.key.name,
+                "features": [f.name for f in j.features],
+                "high_water_mark_micros": j.high_water_mark,
+                "high_water_mark": None
+                if j.high_water_mark is None
+                else utc_from_micros(j.high_water_mark).isoformat(),
+            }
+            for j in plan.joins
+        ],
+        "spine": {"path": plan.spine.source, "rows": plan.spine.rows, "sha256": plan.spine.sha256},
+        "sql": sql,
+        "output": {"path": str(out), "sha256": file_sha256(out), **stats},
+    }
+    path = manifest_path(out)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"manifest {str(path)!r} does not exist")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"manifest {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{str(path)!r} is not an fstore export manifest (format {MANIFEST_FORMAT})")
+    return manifest
+
+
+def output_stats(out: Path, feature_columns: Sequence[str]) -> dict[str, Any]:
+    """Row count and per-feature null counts, computed by DuckDB from the parquet (not loaded in memory)."""
+    con = duckdb.connect()
+    try:
+        counts = ", ".join(f"count({quote(c)})" for c in feature_columns)
+        row = con.execute(
+            f"SELECT count(*){', ' + counts if counts else ''} FROM read_parquet(?)", [str(out)]
+        ).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    rows = int(row[0])
+    return {
+        "rows": rows,
+        "columns": {c: {"nulls": rows - int(n)} for c, n in zip(feature_columns, row[1:], strict=True)},
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def quote(identifier: str) -> str:
+    """A SQL identifier in double quotes (DuckDB); the name itself is kept exactly."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _from_manifest(
+    manifest: Mapping[str, Any], features: Sequence[str] | None, versions: Mapping[str, int] | None
+) -> tuple[list[str], dict[str, int], str, str, dict[str, int | None]]:
+    try:
+        entities = manifest["entities"]
+        refs = list(manifest["features"])
+        pinned = {e["entity"]: int(e["version"]) for e in entities}
+        marks = {e["table"]: e["high_water_mark_micros"] for e in entities}
+        timestamp_column, column_format = manifest["timestamp_column"], manifest["column_format"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"the manifest is missing or has a malformed {exc}") from None
+    if features is not None and list(features) != refs:
+        raise ExportError("--reproduce takes the features from the manifest; do not pass different ones")
+    if versions and dict(versions) != {k: v for k, v in pinned.items() if k in versions}:
+        raise ExportError("--reproduce takes the entity versions from the manifest; do not pass different ones")
+    return refs, pinned, timestamp_column, column_format, marks
+
+
+def _check_same_inputs(
+    manifest: Mapping[str, Any], spine: Spine, resolved: list[tuple[EntitySpec, tuple[FieldSpec, ...]]]
+) -> None:
+    if spine.sha256 != manifest["spine"]["sha256"] or spine.rows != manifest["spine"]["rows"]:
+        raise ExportError(
+            f"the spine differs from the one in the manifest (sha256 {spine.sha256[:12]}… ≠ "
+            f"{manifest['spine']['sha256'][:12]}…); reproduce needs the same spine"
+        )
+    recorded = {e["entity"]: e["fingerprint"] for e in manifest["entities"]}
+    for spec, _ in resolved:
+        if recorded.get(spec.name) != spec.fingerprint:
+            raise ExportError(
+                f"entity {spec.ref} now has schema fingerprint {spec.fingerprint}, the manifest recorded "
+                f"{recorded.get(spec.name)}: the schema changed, so the export cannot be reproduced exactly"
+            )

@@ -1,0 +1,118 @@
+"""Arrow schemas of the offline tables, and the conversion of decoded messages into them.
+
+The one place that maps fstore field kinds to Arrow types (codegen.bigquery maps them to BigQuery):
+ingest builds its batches with `messages_to_table`, both backends store exactly `arrow_schema(spec)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+from google.protobuf.message import Message
+
+from store.errors import SchemaError
+from store.events import ATTR_ENTITY, ATTR_VERSION, DeadLetter, event_time_micros, field_value
+from store.offline.base import INGEST_TIME, MESSAGE_ID
+from store.registry import EntitySpec, FieldSpec
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+_ARROW_KINDS: dict[str, pa.DataType] = {
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+    "bytes": pa.binary(),
+    "timestamp": TIMESTAMP,
+}
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field(MESSAGE_ID, pa.string(), nullable=False),
+        pa.field("publish_time", TIMESTAMP),  # null when the source gave none (e.g. a backfill file)
+        pa.field(INGEST_TIME, TIMESTAMP, nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("entity", pa.string()),
+        pa.field("version", pa.string()),
+        pa.field("attributes", pa.string(), nullable=False),  # JSON object of the Pub/Sub attributes
+        pa.field("data", pa.binary(), nullable=False),
+    ]
+)
+DEAD_LETTERS_TABLE = "_dead_letters"
+
+
+def arrow_type(field: FieldSpec) -> pa.DataType:
+    try:
+        scalar = _ARROW_KINDS[field.kind]
+    except KeyError:
+        raise SchemaError(f"field {field.name!r} has kind {field.kind!r}, which offline tables cannot hold") from None
+    return pa.list_(scalar) if field.repeated else scalar
+
+
+def arrow_schema(spec: EntitySpec) -> pa.Schema:
+    """key, event_time, ingest_time, message_id (all not null), then every feature (nullable)."""
+    return pa.schema(
+        [
+            pa.field(spec.key.name, arrow_type(spec.key), nullable=False),
+            pa.field(spec.event_time.name, TIMESTAMP, nullable=False),
+            pa.field(INGEST_TIME, TIMESTAMP, nullable=False),
+            pa.field(MESSAGE_ID, pa.string(), nullable=False),
+            *(pa.field(f.name, arrow_type(f)) for f in spec.features),
+        ]
+    )
+
+
+def messages_to_table(
+    spec: EntitySpec,
+    messages: Sequence[Message],
+    ingest_times_micros: Sequence[int],
+    message_ids: Sequence[str],
+) -> pa.Table:
+    """Decoded entity messages as one Arrow table of `arrow_schema(spec)`, one row per message."""
+    if not len(messages) == len(ingest_times_micros) == len(message_ids):
+        raise ValueError(
+            f"messages ({len(messages)}), ingest times ({len(ingest_times_micros)}) and message ids "
+            f"({len(message_ids)}) must have the same length"
+        )
+    schema = arrow_schema(spec)
+    columns: list[pa.Array] = [
+        pa.array([getattr(m, spec.key.name) for m in messages], type=schema.field(0).type),
+        pa.array([event_time_micros(spec, m) for m in messages], type=pa.int64()).cast(TIMESTAMP),
+        pa.array(list(ingest_times_micros), type=pa.int64()).cast(TIMESTAMP),
+        pa.array(list(message_ids), type=pa.string()),
+    ]
+    for f in spec.features:
+        columns.append(pa.array([field_value(m, f) for m in messages], type=arrow_type(f)))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def dead_letters_to_table(letters: Sequence[DeadLetter]) -> pa.Table:
+    rows: dict[str, list[Any]] = {name: [] for name in DEAD_LETTER_SCHEMA.names}
+    for letter in letters:
+        rows[MESSAGE_ID].append(letter.message_id)
+        rows["publish_time"].append(letter.publish_time)
+        rows[INGEST_TIME].append(letter.ingest_time)
+        rows["reason"].append(letter.reason)
+        rows["detail"].append(letter.detail)
+        rows["entity"].append(letter.attributes.get(ATTR_ENTITY))
+        rows["version"].append(letter.attributes.get(ATTR_VERSION))
+        rows["attributes"].append(json.dumps(letter.attributes, sort_keys=True))
+        rows["data"].append(bytes(letter.data))
+    return pa.Table.from_pydict(rows, schema=DEAD_LETTER_SCHEMA)
+
+
+def dead_letter_bigquery_schema() -> list[dict[str, Any]]:
+    """The dead-letter table as BigQuery schema JSON (entity tables' schemas come from codegen.bigquery)."""
+    types = {pa.string(): "STRING", TIMESTAMP: "TIMESTAMP", pa.binary(): "BYTES"}
+    return [
+        {"name": f.name, "type": types[f.type], "mode": "NULLABLE" if f.nullable else "REQUIRED"}
+        for f in DEAD_LETTER_SCHEMA
+    ]

@@ -1,0 +1,157 @@
+"""The on-disk layout of the embedded offline store: append-only parquet segments, no database file.
+
+    <root>/<entity>_v<N>/date=YYYY-MM-DD/<batch-uuid>.parquet       fresh segments, one per written batch
+    <root>/<entity>_v<N>/date=YYYY-MM-DD/compacted-<gen>.parquet     a compaction of everything before it
+    <root>/_dead_letters/date=YYYY-MM-DD/<batch-uuid>.parquet
+
+Why files and not a DuckDB database: a DuckDB file open read-write in one process (the streaming ingest
+job, for hours) cannot be opened by any other process, not even read-only. Plain files can be appended
+by one process while others query them.
+
+Partitions are by the UTC date of the event time, so every copy of one message (a redelivery has the same
+bytes, hence the same event time) lands in the same partition: deduplication never has to look across
+partitions. A partition is *clean* when it holds one compacted file and no fresh one: its rows are
+already unique by message id, and reads skip the deduplication work for it. Writers never lock anything;
+compaction takes a per-partition lock so two compactions of one partition never run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+COMPACTED = re.compile(r"^compacted-(\d+)\.parquet$")
+TABLE_DIR = re.compile(r"^(?P<entity>[a-z][a-z0-9_]*)_v(?P<version>[1-9][0-9]*)$")
+LOCK_FILE = ".compact.lock"
+
+
+@dataclass
+class Partition:
+    """The files of one date partition that a reader should use (older compactions are left out)."""
+
+    path: Path
+    compacted: Path | None = None
+    fresh: list[Path] = field(default_factory=list)
+
+    @property
+    def is_clean(self) -> bool:
+        return self.compacted is not None and not self.fresh
+
+    @property
+    def files(self) -> list[Path]:
+        return ([self.compacted] if self.compacted else []) + self.fresh
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One table's files, split into those whose rows are already unique and those that need dedup."""
+
+    clean: list[Path]
+    mixed: list[Path]
+    fresh_segments: int
+
+    @property
+    def empty(self) -> bool:
+        return not self.clean and not self.mixed
+
+
+def partitions(table_dir: Path) -> list[Partition]:
+    """The table's date partitions, in date order; a missing directory is an empty table."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(table_dir), key=lambda e: e.name):
+            if entry.is_dir() and PARTITION.match(entry.name):
+                found.append(read_partition(Path(entry.path)))
+    return [p for p in found if p.files]
+
+
+def read_partition(path: Path) -> Partition:
+    partition = Partition(path)
+    generation = -1
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(path), key=lambda e: e.name):
+            name = entry.name
+            if name.startswith(".") or not name.endswith(".parquet"):
+                continue  # temp files of writes in progress, the lock file
+            match = COMPACTED.match(name)
+            if match is None:
+                partition.fresh.append(Path(entry.path))
+            elif int(match[1]) > generation:
+                # An older compaction still on disk is being deleted by the compaction that replaced it.
+                generation, partition.compacted = int(match[1]), Path(entry.path)
+    return partition
+
+
+def listing(table_dir: Path) -> Listing:
+    clean: list[Path] = []
+    mixed: list[Path] = []
+    fresh = 0
+    for p in partitions(table_dir):
+        (clean if p.is_clean else mixed).extend(p.files)
+        fresh += len(p.fresh)
+    return Listing(clean, mixed, fresh)
+
+
+def write_segment(partition_dir: Path, table: pa.Table) -> Path:
+    """Write one fresh segment atomically: readers see all of it or none of it."""
+    partition_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}.parquet"
+    return write_atomically(partition_dir / name, table)
+
+
+def write_atomically(path: Path, table: pa.Table) -> Path:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # No embedded Arrow schema: DuckDB reads parquet's own logical types, and serializing the Arrow schema
+        # was 60% of the cost of a small streaming segment (measured: 0.88 -> 0.33 ms for 10 rows).
+        pq.write_table(table, tmp, store_schema=False)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def next_compacted_path(partition: Partition) -> Path:
+    generation = 0
+    if partition.compacted is not None:
+        match = COMPACTED.match(partition.compacted.name)
+        assert match is not None
+        generation = int(match[1]) + 1
+    return partition.path / f"compacted-{generation:06d}.parquet"
+
+
+@contextlib.contextmanager
+def compaction_lock(partition_dir: Path) -> Iterator[bool]:
+    """Yields True when this process holds the partition's compaction lock, False when another does."""
+    fd = os.open(partition_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def table_dirs(root: Path) -> list[tuple[str, int, Path]]:
+    """(entity, version, directory) of every entity-version table under the root."""
+    tables = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            match = TABLE_DIR.match(entry.name)
+            if match and entry.is_dir():
+                tables.append((match["entity"], int(match["version"]), Path(entry.path)))
+    return sorted(tables)

@@ -1,0 +1,107 @@
+"""`fstore publish` (bad lines, creating topics on the emulator) and `fstore ingest backfill` (batch Beam job)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from typer.testing import CliRunner
+
+from store import FeatureStore
+from store.cli import app
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def write_jsonl(path: Path, events: list[dict[str, object] | str]) -> Path:
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in events))
+    return path
+
+
+@pytest.mark.emulator
+def test_publish_reports_the_bad_line_and_publishes_nothing(tmp_path: Path, pubsub_env: str) -> None:
+    events = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            {"userId": "1", "eventTime": stamp(NOW), "age": 30},
+            {"userId": "2", "eventTime": stamp(NOW), "age": "thirty"},
+            {"userId": "3", "eventTime": stamp(NOW)},
+        ],
+    )
+    result = CliRunner().invoke(app, ["publish", "--entity", "user", "--file", str(events)])
+    assert result.exit_code != 0
+    assert f"{events}:2" in str(result.exception) + result.output
+
+    subscriber = pubsub_v1.SubscriberClient()
+    subscription = subscriber.subscription_path("fstore-local", "fstore-ingest")
+    pulled = subscriber.pull(subscription=subscription, max_messages=10, timeout=5)
+    assert len(pulled.received_messages) == 0  # the valid first line was not published either
+
+    good = write_jsonl(tmp_path / "good.jsonl", [{"userId": "1", "eventTime": stamp(NOW), "age": 30}])
+    ok = CliRunner().invoke(app, ["publish", "--entity", "user", "--file", str(good)])
+    assert ok.exit_code == 0, ok.output
+    assert "published 1 user/v1 events" in ok.output
+    pulled = subscriber.pull(subscription=subscription, max_messages=10, timeout=10)
+    [received] = pulled.received_messages
+    assert received.message.attributes["fstore_entity"] == "user"
+    subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
+
+
+def test_backfill_jsonl_and_parquet(tmp_path: Path, redis_url: str) -> None:
+    lines: list[dict[str, object] | str] = []
+    for user_id in range(1, 31):
+        for k in (2, 0, 1):  # out of order within the file
+            lines.append({"userId": str(user_id), "eventTime": stamp(NOW - timedelta(hours=k)), "age": 30 - k})
+    lines += ["{not json", {"userId": "0", "eventTime": stamp(NOW)}, {"userId": "99"}]
+    events = write_jsonl(tmp_path / "events.jsonl", lines)
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(events)])
+    assert result.exit_code == 0, result.output
+    assert "93 events read" not in result.output  # the bad JSON line never became an event
+    assert "90 stored offline" in result.output and "3 dead letters" in result.output
+
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec("user")
+        rows = fs.get_online("user", list(range(1, 31)), features=["age"])
+        assert [r["age"] if r else None for r in rows] == [30] * 30
+        assert fs.offline.history(spec).num_rows == 90
+        reasons = sorted(d["reason"] for d in fs.offline.dead_letters().to_pylist())
+        assert reasons == ["invalid_json", "missing_event_time", "missing_key"]
+
+    # The same file again changes nothing: message ids are derived from the content.
+    again = runner.invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(events)])
+    assert again.exit_code == 0, again.output
+    with FeatureStore.from_config() as fs:
+        assert fs.offline.history(fs.spec("user")).num_rows == 90
+
+    # Parquet: one column per field, as the offline table has them.
+    table = pa.table(
+        {
+            "user_id": pa.array([101, 102, 101], pa.int64()),
+            "event_time": pa.array([NOW, NOW, NOW - timedelta(days=1)], pa.timestamp("us", tz="UTC")),
+            "country": ["JP", "FR", "XX"],
+            "favorite_categories": [["a"], [], ["b", "c"]],
+        }
+    )
+    pq.write_table(table, tmp_path / "more.parquet")
+    result = runner.invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(tmp_path / "more.parquet")])
+    assert result.exit_code == 0, result.output
+    with FeatureStore.from_config() as fs:
+        rows = fs.get_online("user", [101, 102], features=["country", "favorite_categories"])
+        assert [(r["country"], r["favorite_categories"]) for r in rows if r] == [("JP", ["a"]), ("FR", [])]
+        assert fs.offline.history(fs.spec("user")).num_rows == 93
+
+
+def test_backfill_rejects_a_missing_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(tmp_path / "no.jsonl")])
+    assert result.exit_code == 2  # a usage error, before any Beam work
+    assert "no such file" in " ".join(result.output.replace("│", " ").split())

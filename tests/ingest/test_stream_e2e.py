@@ -1,0 +1,201 @@
+"""The streaming job end to end: real Pub/Sub emulator, real Redis, the DuckDB offline store, Beam's local runner.
+
+The job runs as a subprocess (`fstore ingest stream`), as a user runs it; Beam's local streaming runner
+cannot be stopped cleanly in-process (FIELD-NOTES), so tests kill it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+from store import FeatureStore
+from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+from store.local_services import RedisServer
+from store.registry import EntitySpec
+from store.settings import get_settings
+
+pytestmark = pytest.mark.emulator
+PROJECT = "fstore-local"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch, pubsub_env: str) -> dict[str, str]:
+    """Fresh topic/subscription names per test on the shared emulator."""
+    suffix = uuid.uuid4().hex[:8]
+    values = {"topic": f"events-{suffix}", "subscription": f"ingest-{suffix}", "deadletter_topic": f"dlq-{suffix}"}
+    for key, value in values.items():
+        monkeypatch.setenv(f"FSTORE_PUBSUB__{key.upper()}", value)
+    get_settings.cache_clear()
+    return values
+
+
+@pytest.fixture
+def stream_job(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"ingest-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "store.cli", "ingest", "stream"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+            start_new_session=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for log in sorted(tmp_path.glob("ingest-*.log")):
+        sys.stdout.write(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-3000:]}\n")
+
+
+def user_event(spec: EntitySpec, user_id: int, when: datetime, **features: Any) -> bytes:
+    message = spec.message_class(user_id=user_id, **features)
+    message.event_time.FromDatetime(when)
+    return message.SerializeToString()
+
+
+def routing(spec: EntitySpec) -> dict[str, str]:
+    return {ATTR_ENTITY: spec.name, ATTR_VERSION: str(spec.version), ATTR_FINGERPRINT: spec.fingerprint}
+
+
+def test_stream_end_to_end(redis_url: str, names: dict[str, str], stream_job: Any) -> None:
+    fs = FeatureStore.from_config()
+    spec = fs.spec("user")
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, names["topic"])
+    dlq_topic = publisher.topic_path(PROJECT, names["deadletter_topic"])
+    for t in (topic, dlq_topic):
+        publisher.create_topic(name=t)
+    dlq_sub = subscriber.subscription_path(PROJECT, f"dlq-watch-{names['topic']}")
+    subscriber.create_subscription(name=dlq_sub, topic=dlq_topic)
+    stream_job()
+    job_sub = subscriber.subscription_path(PROJECT, names["subscription"])
+    wait_for(lambda: _exists(subscriber, job_sub), 60, "the job's subscription")
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    valid: list[tuple[bytes, dict[str, str]]] = []
+    latest: dict[int, int] = {}
+    for user_id in range(1, 21):
+        # newest first, then older ones: the online store must keep the newest
+        for k, age in ((0, 40), (3, 30), (2, 20), (1, 10)):
+            valid.append((user_event(spec, user_id, now - timedelta(minutes=k), age=age + user_id), routing(spec)))
+        latest[user_id] = 40 + user_id
+    duplicates = valid[:5]  # the same events again (a producer retry): new message ids, same effect online
+    bad_attrs = routing(spec)
+    invalid = [
+        (b"\x00\xff garbage", routing(spec)),
+        (user_event(spec, 1, now), {**bad_attrs, ATTR_ENTITY: "order"}),
+        (user_event(spec, 1, now), {**bad_attrs, ATTR_VERSION: "7"}),
+        (user_event(spec, 0, now, age=1), routing(spec)),
+        (spec.message_class(user_id=5, age=1).SerializeToString(), routing(spec)),
+        (user_event(spec, 1, now), {**bad_attrs, ATTR_FINGERPRINT: "0000000000000000"}),
+    ]
+    futures = [publisher.publish(topic, data, **attrs) for data, attrs in [*valid, *duplicates, *invalid]]
+    message_ids = [f.result() for f in futures]
+    published = len(message_ids)
+
+    def online_done() -> bool:
+        rows = fs.get_online("user", list(latest), features=["age"])
+        return all(r is not None and r["age"] == latest[i] for i, r in zip(latest, rows, strict=True))
+
+    wait_for(online_done, 120, "the newest event of every user online")
+    offline = fs.offline
+    expected_offline = len(valid) + len(duplicates)
+    wait_for(lambda: offline.history(spec).num_rows == expected_offline, 60, f"{expected_offline} offline rows")
+    wait_for(lambda: offline.dead_letters().num_rows == len(invalid), 60, f"{len(invalid)} dead letters")
+
+    history = offline.history(spec)
+    assert sorted(history.column("message_id").to_pylist()) == sorted(message_ids[:expected_offline])
+    letters = offline.dead_letters().to_pylist()
+    assert sorted(d["reason"] for d in letters) == sorted(
+        [
+            "undecodable",
+            "unknown_entity",
+            "unknown_version",
+            "missing_key",
+            "missing_event_time",
+            "unknown_fingerprint",
+        ]
+    )
+    assert {d["message_id"] for d in letters} == set(message_ids[expected_offline:])
+    garbage = next(d for d in letters if d["reason"] == "undecodable")
+    assert garbage["data"] == b"\x00\xff garbage"
+    # counts in = counts stored + counts dead-lettered
+    assert published == history.num_rows + len(letters)
+
+    pulled = subscriber.pull(subscription=dlq_sub, max_messages=50, timeout=10)
+    reasons = sorted(m.message.attributes["fstore_reason"] for m in pulled.received_messages)
+    assert len(reasons) == len(invalid) and "unknown_fingerprint" in reasons
+    fs.close()
+
+
+def test_redis_outage_loses_nothing(names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with RedisServer() as redis_server:
+        monkeypatch.setenv("FSTORE_REDIS_URL", redis_server.url)
+        get_settings.cache_clear()
+        fs = FeatureStore.from_config()
+        spec = fs.spec("user")
+        publisher = pubsub_v1.PublisherClient()
+        topic = publisher.topic_path(PROJECT, names["topic"])
+        stream_job()
+        now = datetime.now(UTC).replace(microsecond=0)
+
+        def publish(ids: range, age: int) -> None:
+            futures = [publisher.publish(topic, user_event(spec, i, now, age=age), **routing(spec)) for i in ids]
+            for f in futures:
+                f.result()
+
+        def ages(ids: range) -> list[int | None]:
+            return [r["age"] if r else None for r in fs.get_online("user", list(ids), features=["age"])]
+
+        # The job creates the subscription at start; wait until it exists before publishing.
+        subscriber = pubsub_v1.SubscriberClient()
+        sub = subscriber.subscription_path(PROJECT, names["subscription"])
+        wait_for(lambda: _exists(subscriber, sub), 60, "the job's subscription")
+        publish(range(1, 51), 1)
+        wait_for(lambda: ages(range(1, 51)) == [1] * 50, 120, "the first batch online")
+
+        redis_server.stop()
+        publish(range(51, 101), 2)  # published while Redis is down: the job must hold them, not drop them
+        time.sleep(3)
+        redis_server.start()
+        wait_for(lambda: ages(range(51, 101)) == [2] * 50, 120, "the events published during the outage")
+        wait_for(lambda: fs.offline.history(spec).num_rows == 100, 60, "all 100 events offline")
+        fs.close()
+
+
+def _exists(subscriber: Any, subscription: str) -> bool:
+    try:
+        subscriber.get_subscription(subscription=subscription)
+        return True
+    except Exception:
+        return False
