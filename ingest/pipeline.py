@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from ingest.pubsub import Route
 from ingest.sources import ReadEventFiles
-from ingest.transforms import DecodeAndValidate, WriteDeadLetters, WriteOffline, WriteOnline
+from ingest.transforms import DecodeAndValidate, WriteDeadLetters, WriteToStores
 from store.settings import Settings
 
 
@@ -43,16 +43,14 @@ def build_stream(pipeline: beam.Pipeline, settings: Settings, routes: Sequence[R
         | "ReadPubSub" >> ReadPubSubEvents(routes)
         | "DecodeAndValidate" >> DecodeAndValidate(settings)
     )  # fmt: skip
-    decoded.events | "WriteOffline" >> WriteOffline(settings)
-    decoded.events | "WriteOnline" >> WriteOnline(settings)
+    decoded.events | "WriteToStores" >> WriteToStores(settings)
     decoded.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=True)
 
 
 def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, version: int, inputs: list[str]) -> None:
     files = pipeline | "ReadFiles" >> ReadEventFiles(entity, version, inputs)
     decoded = files["records"] | "DecodeAndValidate" >> DecodeAndValidate(settings)
-    decoded.events | "WriteOffline" >> WriteOffline(settings)
-    decoded.events | "WriteOnline" >> WriteOnline(settings)
+    decoded.events | "WriteToStores" >> WriteToStores(settings)
     rejected = (files["dead_letters"], decoded.dead_letters) | "AllDeadLetters" >> beam.Flatten()
     rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
 

@@ -1,10 +1,11 @@
 """The ingest job's building blocks, as small named PTransforms:
 
-    ReadPubSubEvents -> DecodeAndValidate -> WriteOffline + WriteOnline
+    ReadPubSubEvents -> DecodeAndValidate -> WriteToStores (offline history, then online compare-and-set)
                                           \-> WriteDeadLetters
 
-Store clients are created in `DoFn.setup()` (they do not pickle), and each write DoFn buffers per bundle
-and flushes every `FLUSH_EVERY` elements and at the end of the bundle: one store round trip per batch.
+DoFns carry the settings as JSON and take their store clients from `ingest.resources` in `setup()` (clients
+do not pickle, and are shared per process). Each write DoFn buffers per bundle and flushes every
+`FLUSH_EVERY` elements and at the end of the bundle: one store round trip per batch.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from ingest.events import Event, decode_event, default_registry
+from ingest.events import Event, decode_event
+from ingest.resources import Resources, resources
 from ingest.retry import until_stored
 from store.events import DeadLetter
-from store.registry import Registry
+from store.offline.schema import messages_to_table
 from store.settings import Settings
 
 log = logging.getLogger("fstore.ingest")
@@ -31,20 +33,27 @@ FLUSH_EVERY = 1_000
 NAMESPACE = "fstore"
 
 
-def _registry(settings: Settings) -> Registry:
-    if settings.descriptor_set:
-        return Registry.from_descriptor_set(settings.descriptor_set)
-    return default_registry()
+class _IngestFn(beam.DoFn):
+    """Holds the settings as JSON (cheap to pickle); `setup` finds the process's shared clients."""
 
+    res: Resources
 
-class _DecodeFn(beam.DoFn):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.settings_json = settings.model_dump_json()
+
+    def setup(self) -> None:
+        self.res = resources(self.settings_json)
+
+
+class _DecodeFn(_IngestFn):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.read = Metrics.counter(NAMESPACE, "events_read")
         self.valid = Metrics.counter(NAMESPACE, "events_valid")
 
     def setup(self) -> None:
-        self.registry = _registry(self.settings)
+        super().setup()
+        self.registry = self.res.registry
 
     def process(self, message: Any) -> Iterator[Any]:
         self.read.inc()
@@ -69,15 +78,25 @@ class DecodeAndValidate(beam.PTransform):
         return messages | beam.ParDo(_DecodeFn(self.settings)).with_outputs(DEAD_LETTERS, main="events")
 
 
-class _BufferedWriteFn(beam.DoFn):
-    """Buffers events per entity version; `flush` writes one batch per entity version."""
-
-    registry: Registry
+class _WriteToStoresFn(_IngestFn):
+    """Buffers events per entity version; each flush appends the batch offline, then compare-and-sets it
+    online. Offline first: whatever a model can read online is already in the training history."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.buffer: dict[tuple[str, int], list[Event]] = defaultdict(list)
         self.buffered = 0
+
+    def setup(self) -> None:
+        super().setup()
+        self.registry = self.res.registry
+        self.offline = self.res.offline
+        self.online = self.res.online
+        self.offline_written = Metrics.counter(NAMESPACE, "offline_written")
+        self.online_written = Metrics.counter(NAMESPACE, "online_written")
+        self.online_stale = Metrics.counter(NAMESPACE, "online_stale")
+        self.online_expired = Metrics.counter(NAMESPACE, "online_expired")
+        self.lag = Metrics.distribution(NAMESPACE, "freshness_lag_ms")
 
     def start_bundle(self) -> None:
         self.buffer = defaultdict(list)
@@ -95,101 +114,58 @@ class _BufferedWriteFn(beam.DoFn):
 
     def _flush(self) -> None:
         for (entity, version), events in self.buffer.items():
-            self.write(self.registry.get(entity, version), events)
+            spec = self.registry.get(entity, version)
+            self._write_offline(spec, events)
+            self._write_online(spec, events)
         self.buffer = defaultdict(list)
         self.buffered = 0
 
-    def write(self, spec: Any, events: list[Event]) -> None:
-        raise NotImplementedError
+    def _write_offline(self, spec: Any, events: list[Event]) -> None:
+        table = messages_to_table(
+            spec, [e.message for e in events], [e.ingest_micros for e in events], [e.message_id for e in events]
+        )
+        stored = until_stored(lambda: self.offline.write(spec, table), f"offline write of {spec.ref}")
+        self.offline_written.inc(stored)
 
-
-class _WriteOnlineFn(_BufferedWriteFn):
-    def setup(self) -> None:
-        from store.online import open_online_store
-
-        self.registry = _registry(self.settings)
-        self.store = open_online_store(self.settings, self.registry)
-        self.written = Metrics.counter(NAMESPACE, "online_written")
-        self.stale = Metrics.counter(NAMESPACE, "online_stale")
-        self.expired = Metrics.counter(NAMESPACE, "online_expired")
-        self.lag = Metrics.distribution(NAMESPACE, "freshness_lag_ms")
-
-    def write(self, spec: Any, events: list[Event]) -> None:
+    def _write_online(self, spec: Any, events: list[Event]) -> None:
         messages = [e.message for e in events]
         publish = [e.publish_micros for e in events]
-        result = until_stored(lambda: self.store.write(spec, messages, publish), f"online write of {spec.ref}")
-        self.written.inc(result.written)
-        self.stale.inc(result.stale)
-        self.expired.inc(result.expired)
+        result = until_stored(lambda: self.online.write(spec, messages, publish), f"online write of {spec.ref}")
+        self.online_written.inc(result.written)
+        self.online_stale.inc(result.stale)
+        self.online_expired.inc(result.expired)
         now_micros = time.time_ns() // 1_000
         field = spec.event_time.name
         for message in messages:
             ts = getattr(message, field)
             self.lag.update((now_micros - (ts.seconds * 1_000_000 + ts.nanos // 1_000)) // 1_000)
 
-    def teardown(self) -> None:
-        self.store.close()
 
-
-class _WriteOfflineFn(_BufferedWriteFn):
-    def setup(self) -> None:
-        from store.offline import open_offline_store
-
-        self.registry = _registry(self.settings)
-        self.store = open_offline_store(self.settings, self.registry)
-        self.written = Metrics.counter(NAMESPACE, "offline_written")
-
-    def write(self, spec: Any, events: list[Event]) -> None:
-        from store.offline.schema import messages_to_table
-
-        table = messages_to_table(
-            spec, [e.message for e in events], [e.ingest_micros for e in events], [e.message_id for e in events]
-        )
-        stored = until_stored(lambda: self.store.write(spec, table), f"offline write of {spec.ref}")
-        self.written.inc(stored)
-
-    def teardown(self) -> None:
-        self.store.close()
-
-
-class WriteOnline(beam.PTransform):
-    """Compare-and-set each event into the online store (latest by event time), batched per bundle."""
+class WriteToStores(beam.PTransform):
+    """Each event appended to the offline history (deduplicated by message id) and compare-and-set into the
+    online store (latest by event time), batched per bundle. One step for both stores: each Beam step costs
+    the local runner a fixed overhead per bundle of ≤ 10 messages, more than both writes together."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return events | beam.ParDo(_WriteOnlineFn(self.settings))
+        return events | beam.ParDo(_WriteToStoresFn(self.settings))
 
 
-class WriteOffline(beam.PTransform):
-    """Append each event to the offline store's history (deduplicated by message id), batched per bundle."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__()
-        self.settings = settings
-
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return events | beam.ParDo(_WriteOfflineFn(self.settings))
-
-
-class _WriteDeadLettersFn(beam.DoFn):
+class _WriteDeadLettersFn(_IngestFn):
     def __init__(self, settings: Settings, publish: bool) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.publish = publish
         self.letters: list[DeadLetter] = []
 
     def setup(self) -> None:
-        from store.offline import open_offline_store
-
-        self.store = open_offline_store(self.settings, _registry(self.settings))
-        self.publisher = None
-        if self.publish:
-            from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-            self.publisher = pubsub_v1.PublisherClient()
-            self.topic = self.publisher.topic_path(self.settings.project, self.settings.pubsub.deadletter_topic)
+        super().setup()
+        self.store = self.res.offline
+        self.publisher = self.res.publisher if self.publish else None
+        settings = self.res.settings
+        self.topic = f"projects/{settings.project}/topics/{settings.pubsub.deadletter_topic}"
 
     def start_bundle(self) -> None:
         self.letters = []
@@ -215,9 +191,6 @@ class _WriteDeadLettersFn(beam.DoFn):
                 self.publisher.publish(self.topic, letter.data, **_dead_letter_attributes(letter)) for letter in letters
             ]
             until_stored(lambda: [f.result(timeout=30) for f in futures], "dead-letter topic publish")
-
-    def teardown(self) -> None:
-        self.store.close()
 
 
 def _dead_letter_attributes(letter: DeadLetter) -> dict[str, str]:

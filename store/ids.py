@@ -28,6 +28,8 @@ def check_ids(spec: EntitySpec, ids: Iterable[object], *, from_text: bool = Fals
                 raise InvalidIdError(f"{spec.name} id {value} at position {position} is outside int64")
         elif not isinstance(value, str):
             raise InvalidIdError(_bad(spec, position, value))
+        elif not value:
+            raise InvalidIdError(f"{spec.name} id at position {position} is empty; {spec.key.name} ids are non-empty")
         checked.append(value)
     return checked
 

@@ -10,13 +10,13 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from ingest.events import Event
 from ingest.retry import until_stored
-from ingest.transforms import WriteOnline
+from ingest.transforms import WriteToStores
 from store import FeatureStore
 from store.errors import StoreUnavailableError
 from store.settings import load_settings
 
 
-def test_write_online_keeps_the_newest_per_id(redis_url: str) -> None:
+def test_write_to_stores_keeps_every_event_offline_and_the_newest_online(redis_url: str) -> None:
     fs = FeatureStore.from_config()
     spec = fs.spec("user")
     now = datetime.now(UTC).replace(microsecond=0)
@@ -26,9 +26,10 @@ def test_write_online_keeps_the_newest_per_id(redis_url: str) -> None:
         message.event_time.FromDatetime(now - timedelta(minutes=minutes))
         events.append(Event("user", 1, message, f"m{n}", 1_000 + n, 2_000 + n))
     with BeamTestPipeline(runner="FnApiRunner") as p:
-        _ = p | beam.Create(events) | WriteOnline(load_settings())
+        _ = p | beam.Create(events) | WriteToStores(load_settings())
     rows = fs.get_online("user", [1, 2], features=["age"])
     assert [r["age"] if r else None for r in rows] == [40, 22]
+    assert sorted(fs.offline.history(spec).column("message_id").to_pylist()) == ["m0", "m1", "m2", "m3"]
     fs.close()
 
 

@@ -1,0 +1,70 @@
+"""The catalog: what the registry knows about each entity (versions, fields, types, key, TTL, descriptions).
+
+Built from `EntitySpec`, the same source the generated docs read, so the API and the docs cannot disagree.
+"""
+
+from __future__ import annotations
+
+from api.auth import Principal
+from api.models import EntityDetail, EntityList, EntitySummary, EntityVersionInfo, FieldInfo
+from store.registry import EntitySpec, FieldSpec, Registry
+
+
+def field_info(field: FieldSpec) -> FieldInfo:
+    return FieldInfo(
+        name=field.name,
+        number=field.number,
+        type=field.type_name,
+        kind=field.kind,
+        repeated=field.repeated,
+        description=field.description,
+        pii=field.pii,
+    )
+
+
+def version_info(spec: EntitySpec) -> EntityVersionInfo:
+    return EntityVersionInfo(
+        version=spec.version,
+        full_name=spec.full_name,
+        proto_file=spec.proto_file,
+        key=field_info(spec.key),
+        event_time=field_info(spec.event_time),
+        features=[field_info(f) for f in spec.features],
+        ttl_seconds=spec.ttl_seconds,
+        owner=spec.owner,
+        description=spec.description,
+        fingerprint=spec.fingerprint,
+    )
+
+
+class Catalog:
+    """Read-only views of one registry; a caller sees only the entities its key may read."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def entities(self, principal: Principal) -> EntityList:
+        summaries = []
+        for name in self.registry.entities():
+            if not principal.may_read(name):
+                continue
+            latest = self.registry.get(name)
+            summaries.append(
+                EntitySummary(
+                    name=name,
+                    latest_version=latest.version,
+                    versions=self.registry.versions(name),
+                    owner=latest.owner,
+                    description=latest.description,
+                )
+            )
+        return EntityList(entities=summaries)
+
+    def entity(self, name: str) -> EntityDetail:
+        """Raises UnknownEntityError (404) for a name the registry lacks."""
+        versions = self.registry.versions(name)
+        return EntityDetail(
+            name=name,
+            latest_version=max(versions),
+            versions=[version_info(self.registry.get(name, v)) for v in versions],
+        )

@@ -1,0 +1,60 @@
+"""Store clients for the ingest DoFns, one set per process and settings.
+
+Beam's local runner pickles and unpickles every DoFn for every bundle (a pickling self-test), so `setup()`
+runs per bundle of ≤ 10 messages there; creating Redis pools, loading the Lua script and the descriptor set
+each time cost more than the work itself (measured with py-spy). DoFns therefore carry only the settings as
+JSON and look their clients up here. On Dataflow this is also right: one connection pool per worker process.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from ingest.events import default_registry
+from store.offline import OfflineStore, open_offline_store
+from store.online import OnlineStore, open_online_store
+from store.registry import Registry
+from store.settings import Settings
+
+
+class Resources:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._online: OnlineStore | None = None
+        self._offline: OfflineStore | None = None
+        self._publisher: Any = None
+        if settings.descriptor_set:
+            self.registry = Registry.from_descriptor_set(settings.descriptor_set)
+        else:
+            self.registry = default_registry()
+
+    @property
+    def online(self) -> OnlineStore:
+        with self._lock:
+            if self._online is None:
+                self._online = open_online_store(self.settings, self.registry)
+            return self._online
+
+    @property
+    def offline(self) -> OfflineStore:
+        with self._lock:
+            if self._offline is None:
+                self._offline = open_offline_store(self.settings, self.registry)
+            return self._offline
+
+    @property
+    def publisher(self) -> Any:
+        with self._lock:
+            if self._publisher is None:
+                from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+                self._publisher = pubsub_v1.PublisherClient()
+            return self._publisher
+
+
+@functools.lru_cache(maxsize=8)
+def resources(settings_json: str) -> Resources:
+    return Resources(Settings.model_validate_json(settings_json))
