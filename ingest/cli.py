@@ -39,6 +39,7 @@ def backfill(
     version: int | None = typer.Option(None, help="Entity version; default: the newest."),
 ) -> None:
     """Load files of events through the same decode/validate/write transforms, as a batch Beam job."""
+    from ingest.parquet import check_parquet_input
     from ingest.pipeline import run_backfill
     from store import FeatureStore
 
@@ -47,6 +48,8 @@ def backfill(
     for path in input:
         if not path.is_file():
             raise typer.BadParameter(f"{path}: no such file", param_hint="--input")
+        if path.suffix == ".parquet":
+            check_parquet_input(spec, path)
     started = time.monotonic()
     result = run_backfill(fs.settings, spec.name, spec.version, input, ctx.args)
     took = time.monotonic() - started

@@ -87,6 +87,18 @@ def _timestamp(value: Any) -> datetime:
     return moment
 
 
+def _plain_numbers(values: list[Any], limit: float) -> bool:
+    """Only ints and floats (no bools), all within ±limit."""
+    if not values:
+        return True
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        return False
+    return max(values) <= limit and min(values) >= -limit
+
+
+_NUMBER_TYPES = {int, float}
+
+
 class JsonEventParser:
     """Parses one JSON line into a message of `spec`, exactly as `json_format.Parse` would."""
 
@@ -105,6 +117,11 @@ class JsonEventParser:
             self.converters[descriptor.json_name] = entry
             self.converters[field.name] = entry
         self.timestamps = {f.name for f in spec.fields if f.kind == "timestamp" and not f.repeated}
+        self.numbers = {
+            f.name: FLOAT32_MAX if f.kind == "float" else float("inf")
+            for f in spec.fields
+            if f.repeated and f.kind in ("float", "double")
+        }
 
     def parse(self, line: str | bytes) -> Message:
         try:
@@ -136,7 +153,10 @@ class JsonEventParser:
             elif repeated:
                 if not isinstance(value, list):
                     raise _Fallback
-                kwargs[name] = [convert(v) for v in value]
+                if name in self.numbers and _plain_numbers(value, self.numbers[name]):
+                    kwargs[name] = value  # embeddings: checked in C, not one Python call per value
+                else:
+                    kwargs[name] = [convert(v) for v in value]
             else:
                 kwargs[name] = convert(value)
         message = self.cls(**kwargs)

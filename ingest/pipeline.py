@@ -1,5 +1,6 @@
 """The ingest pipelines, read top to bottom. Streaming: Pub/Sub -> decode/validate -> both stores, dead
-letters aside. Backfill: the same transforms in batch, from JSONL or parquet files.
+letters aside. Backfill: the same transforms in batch from JSONL files; parquet files in Arrow batches
+(ingest/parquet.py).
 
 Runners are always named: `BundleBasedDirectRunner` (streaming) and `FnApiRunner` (batch) locally, so Beam
 never tries to download Prism; `--runner DataflowRunner` (and any Beam option) passes through unchanged.
@@ -14,9 +15,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from ingest.parquet import BackfillParquet
 from ingest.pubsub import Route
-from ingest.sources import ReadEventFiles
-from ingest.transforms import DecodeAndValidate, WriteDeadLetters, WriteToStores
+from ingest.sources import ReadJsonEvents
+from ingest.transforms import BACKFILL_FLUSH_EVERY, DecodeAndValidate, WriteDeadLetters, WriteToStores
 from store.settings import Settings
 
 
@@ -48,11 +50,19 @@ def build_stream(pipeline: beam.Pipeline, settings: Settings, routes: Sequence[R
 
 
 def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, version: int, inputs: list[str]) -> None:
-    files = pipeline | "ReadFiles" >> ReadEventFiles(entity, version, inputs)
-    decoded = files["records"] | "DecodeAndValidate" >> DecodeAndValidate(settings)
-    decoded.events | "WriteToStores" >> WriteToStores(settings)
-    rejected = (files["dead_letters"], decoded.dead_letters) | "AllDeadLetters" >> beam.Flatten()
-    rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
+    jsonl = [p for p in inputs if not p.endswith(".parquet")]
+    parquet = [p for p in inputs if p.endswith(".parquet")]
+    rejected = []
+    if jsonl:
+        files = pipeline | "ListJsonl" >> beam.Create(jsonl) | "ReadJsonl" >> ReadJsonEvents(entity, version)
+        decoded = files.records | "DecodeAndValidate" >> DecodeAndValidate(settings)
+        decoded.events | "WriteToStores" >> WriteToStores(settings, flush_every=BACKFILL_FLUSH_EVERY)
+        rejected += [files.dead_letters, decoded.dead_letters]
+    if parquet:
+        files = pipeline | "ListParquet" >> beam.Create(parquet)
+        rejected.append(files | "BackfillParquet" >> BackfillParquet(settings, entity, version))
+    all_rejected = tuple(rejected) | "AllDeadLetters" >> beam.Flatten()
+    all_rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
 
 
 def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[PipelineOptions, Any]:

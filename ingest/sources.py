@@ -1,6 +1,6 @@
 """Backfill sources: files of entity events turned into the same records the Pub/Sub read produces, so the
 backfill runs the very transforms the streaming job runs. JSONL is protobuf's JSON mapping of the entity
-message, one object per line; parquet has one column per field (the offline table's shape)."""
+message, one object per line. (Parquet takes a columnar path: ingest/parquet.py.)"""
 
 from __future__ import annotations
 
@@ -73,47 +73,14 @@ class _JsonLinesToRecordsFn(beam.DoFn):
         yield SourceRecord(data, self.attributes, backfill_message_id(data))
 
 
-class _ParquetBatchToRecordsFn(_JsonLinesToRecordsFn):
-    def process(self, table: Any) -> Iterator[Any]:
-        fields = {f.name for f in self.spec.fields}
-        unknown = [c for c in table.column_names if c not in fields]
-        if unknown:
-            raise ValueError(f"{self.spec.ref}: parquet columns {unknown} are not fields of {self.spec.full_name}")
-        event_time = self.spec.event_time.name
-        cls = self.spec.message_class
-        for row in table.to_pylist():
-            when = row.pop(event_time, None)
-            message = cls(**{k: v for k, v in row.items() if v is not None})
-            if when is not None:
-                getattr(message, event_time).FromDatetime(when)
-            data = message.SerializeToString(deterministic=True)
-            yield SourceRecord(data, self.attributes, backfill_message_id(data))
+class ReadJsonEvents(beam.PTransform):
+    """JSONL files of one entity version -> records (`records`) | dead letters (`dead_letters`)."""
 
-
-class ReadEventFiles(beam.PTransform):
-    """JSONL or parquet files of one entity version -> records (main) | dead letters (`dead_letters`)."""
-
-    def __init__(self, entity: str, version: int, inputs: list[str]) -> None:
+    def __init__(self, entity: str, version: int) -> None:
         super().__init__()
-        self.entity, self.version, self.inputs = entity, version, inputs
+        self.entity, self.version = entity, version
 
-    def expand(self, begin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        parquet = [p for p in self.inputs if p.endswith(".parquet")]
-        text = [p for p in self.inputs if not p.endswith(".parquet")]
-        parts = []
-        if text:
-            lines = begin | "ListJsonl" >> beam.Create(text) | "ReadLines" >> beam.io.ReadAllFromText()
-            to_records = _JsonLinesToRecordsFn(self.entity, self.version)
-            parts.append(lines | "JsonToRecords" >> beam.ParDo(to_records).with_outputs(DEAD_LETTERS, main="records"))
-        if parquet:
-            batches = (
-                begin | "ListParquet" >> beam.Create(parquet) | "ReadBatches" >> beam.io.ReadAllFromParquetBatched()
-            )
-            to_records = _ParquetBatchToRecordsFn(self.entity, self.version)
-            parts.append(
-                batches | "ParquetToRecords" >> beam.ParDo(to_records).with_outputs(DEAD_LETTERS, main="records")
-            )
-        return {
-            "records": tuple(p.records for p in parts) | "AllRecords" >> beam.Flatten(),
-            "dead_letters": tuple(p.dead_letters for p in parts) | "AllRejected" >> beam.Flatten(),
-        }
+    def expand(self, paths: beam.PCollection) -> pvalue.DoOutputsTuple:
+        lines = paths | "ReadLines" >> beam.io.ReadAllFromText()
+        to_records = _JsonLinesToRecordsFn(self.entity, self.version)
+        return lines | "JsonToRecords" >> beam.ParDo(to_records).with_outputs(DEAD_LETTERS, main="records")

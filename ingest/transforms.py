@@ -29,7 +29,8 @@ from store.settings import Settings
 
 log = logging.getLogger("fstore.ingest")
 DEAD_LETTERS = "dead_letters"
-FLUSH_EVERY = 1_000
+FLUSH_EVERY = 1_000  # streaming bundles are ≤ 10 messages locally; this bounds Dataflow's larger ones
+BACKFILL_FLUSH_EVERY = 20_000  # batch: fewer, larger offline segments (a flush writes one per event date)
 NAMESPACE = "fstore"
 
 
@@ -82,8 +83,9 @@ class _WriteToStoresFn(_IngestFn):
     """Buffers events per entity version; each flush appends the batch offline, then compare-and-sets it
     online. Offline first: whatever a model can read online is already in the training history."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, flush_every: int) -> None:
         super().__init__(settings)
+        self.flush_every = flush_every
         self.buffer: dict[tuple[str, int], list[Event]] = defaultdict(list)
         self.buffered = 0
 
@@ -105,7 +107,7 @@ class _WriteToStoresFn(_IngestFn):
     def process(self, event: Event) -> Iterator[Any]:
         self.buffer[event.key].append(event)
         self.buffered += 1
-        if self.buffered >= FLUSH_EVERY:
+        if self.buffered >= self.flush_every:
             self._flush()
         return iter(())
 
@@ -146,12 +148,13 @@ class WriteToStores(beam.PTransform):
     online store (latest by event time), batched per bundle. One step for both stores: each Beam step costs
     the local runner a fixed overhead per bundle of ≤ 10 messages, more than both writes together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, flush_every: int = FLUSH_EVERY) -> None:
         super().__init__()
         self.settings = settings
+        self.flush_every = flush_every
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return events | beam.ParDo(_WriteToStoresFn(self.settings))
+        return events | beam.ParDo(_WriteToStoresFn(self.settings, self.flush_every))
 
 
 class _WriteDeadLettersFn(_IngestFn):

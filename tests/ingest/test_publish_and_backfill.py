@@ -101,6 +101,38 @@ def test_backfill_jsonl_and_parquet(tmp_path: Path, redis_url: str) -> None:
         assert fs.offline.history(fs.spec("user")).num_rows == 93
 
 
+def test_backfill_parquet_rows_break_the_same_rules(tmp_path: Path, redis_url: str) -> None:
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 0, 2, 3], pa.int64()),
+            "event_time": pa.array(
+                [NOW, NOW, datetime(1990, 1, 1, tzinfo=UTC), NOW + timedelta(days=3)], pa.timestamp("us", tz="UTC")
+            ),
+            "age": pa.array([30, 31, 32, 33], pa.int32()),
+        }
+    )
+    path = tmp_path / "rows.parquet"
+    pq.write_table(table, path)
+    result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1 stored offline" in result.output and "3 dead letters" in result.output
+    with FeatureStore.from_config() as fs:
+        letters = fs.offline.dead_letters().to_pylist()
+        assert sorted(d["reason"] for d in letters) == [
+            "event_time_out_of_range",
+            "event_time_out_of_range",
+            "missing_key",
+        ]
+        assert all(d["message_id"].startswith("backfill:") for d in letters)
+        assert json.loads(next(d for d in letters if d["reason"] == "missing_key")["data"])["age"] == 31
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user_id": [1], "event_time": pa.array([NOW]), "height": [1.8]}), bad)
+    result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(bad)])
+    assert result.exit_code != 0
+    assert "['height'] are not fields" in str(result.exception)
+
+
 def test_backfill_rejects_a_missing_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(tmp_path / "no.jsonl")])
     assert result.exit_code == 2  # a usage error, before any Beam work
