@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from ingest.parquet import BackfillParquet
 from ingest.pubsub import Route
 from ingest.sources import ReadJsonEvents
-from ingest.transforms import BACKFILL_FLUSH_EVERY, DecodeAndValidate, WriteDeadLetters, WriteToStores
+from ingest.transforms import BACKFILL_FLUSH_EVERY, IngestEvents, WriteDeadLetters
 from store.settings import Settings
 
 
@@ -40,13 +40,12 @@ class ReadPubSubEvents(beam.PTransform):
 
 
 def build_stream(pipeline: beam.Pipeline, settings: Settings, routes: Sequence[Route]) -> None:
-    decoded = (
+    rejected = (
         pipeline
         | "ReadPubSub" >> ReadPubSubEvents(routes)
-        | "DecodeAndValidate" >> DecodeAndValidate(settings)
+        | "DecodeValidateWrite" >> IngestEvents(settings)
     )  # fmt: skip
-    decoded.events | "WriteToStores" >> WriteToStores(settings)
-    decoded.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=True)
+    rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=True)
 
 
 def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, version: int, inputs: list[str]) -> None:
@@ -55,9 +54,9 @@ def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, ver
     rejected = []
     if jsonl:
         files = pipeline | "ListJsonl" >> beam.Create(jsonl) | "ReadJsonl" >> ReadJsonEvents(entity, version)
-        decoded = files.records | "DecodeAndValidate" >> DecodeAndValidate(settings)
-        decoded.events | "WriteToStores" >> WriteToStores(settings, flush_every=BACKFILL_FLUSH_EVERY)
-        rejected += [files.dead_letters, decoded.dead_letters]
+        rejected.append(files.dead_letters)
+        ingest = IngestEvents(settings, flush_every=BACKFILL_FLUSH_EVERY)
+        rejected.append(files.records | "DecodeValidateWrite" >> ingest)
     if parquet:
         files = pipeline | "ListParquet" >> beam.Create(parquet)
         rejected.append(files | "BackfillParquet" >> BackfillParquet(settings, entity, version))

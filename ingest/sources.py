@@ -22,7 +22,7 @@ from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """Shaped like Beam's PubsubMessage, which is what DecodeAndValidate reads."""
+    """Shaped like Beam's PubsubMessage, which is what IngestEvents reads."""
 
     data: bytes
     attributes: dict[str, str]

@@ -1,7 +1,7 @@
 """The ingest job's building blocks, as small named PTransforms:
 
-    ReadPubSubEvents -> DecodeAndValidate -> WriteToStores (offline history, then online compare-and-set)
-                                          \-> WriteDeadLetters
+    ReadPubSubEvents -> IngestEvents (decode, validate, offline history, online compare-and-set)
+                                     \-> dead letters -> WriteDeadLetters
 
 DoFns carry the settings as JSON and take their store clients from `ingest.resources` in `setup()` (clients
 do not pickle, and are shared per process). Each write DoFn buffers per bundle and flushes every
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from ingest.events import Event, decode_event
@@ -46,93 +45,47 @@ class _IngestFn(beam.DoFn):
         self.res = resources(self.settings_json)
 
 
-class _DecodeFn(_IngestFn):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.read = Metrics.counter(NAMESPACE, "events_read")
-        self.valid = Metrics.counter(NAMESPACE, "events_valid")
+class StoreWriter:
+    """Buffers valid events per entity version; each flush appends a batch offline, then compare-and-sets it
+    online. Offline first: whatever a model can read online is already in the training history. A plain
+    object, not a DoFn: Beam's local runner inspects every DoFn method's signature on every bundle."""
 
-    def setup(self) -> None:
-        super().setup()
-        self.registry = self.res.registry
-
-    def process(self, message: Any) -> Iterator[Any]:
-        self.read.inc()
-        result = decode_event(
-            self.registry, message.data, dict(message.attributes or {}), message.message_id or "", message.publish_time
-        )
-        if isinstance(result, DeadLetter):
-            yield pvalue.TaggedOutput(DEAD_LETTERS, result)
-        else:
-            self.valid.inc()
-            yield result
-
-
-class DecodeAndValidate(beam.PTransform):
-    """PubsubMessage -> Event (main output) | DeadLetter (output `dead_letters`)."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__()
-        self.settings = settings
-
-    def expand(self, messages: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return messages | beam.ParDo(_DecodeFn(self.settings)).with_outputs(DEAD_LETTERS, main="events")
-
-
-class _WriteToStoresFn(_IngestFn):
-    """Buffers events per entity version; each flush appends the batch offline, then compare-and-sets it
-    online. Offline first: whatever a model can read online is already in the training history."""
-
-    def __init__(self, settings: Settings, flush_every: int) -> None:
-        super().__init__(settings)
+    def __init__(self, res: Resources, flush_every: int) -> None:
+        self.res = res
         self.flush_every = flush_every
         self.buffer: dict[tuple[str, int], list[Event]] = defaultdict(list)
         self.buffered = 0
-
-    def setup(self) -> None:
-        super().setup()
-        self.registry = self.res.registry
-        self.offline = self.res.offline
-        self.online = self.res.online
         self.offline_written = Metrics.counter(NAMESPACE, "offline_written")
         self.online_written = Metrics.counter(NAMESPACE, "online_written")
         self.online_stale = Metrics.counter(NAMESPACE, "online_stale")
         self.online_expired = Metrics.counter(NAMESPACE, "online_expired")
         self.lag = Metrics.distribution(NAMESPACE, "freshness_lag_ms")
 
-    def start_bundle(self) -> None:
-        self.buffer = defaultdict(list)
-        self.buffered = 0
-
-    def process(self, event: Event) -> Iterator[Any]:
+    def add(self, event: Event) -> None:
         self.buffer[event.key].append(event)
         self.buffered += 1
         if self.buffered >= self.flush_every:
-            self._flush()
-        return iter(())
+            self.flush()
 
-    def finish_bundle(self) -> None:
-        self._flush()
-
-    def _flush(self) -> None:
+    def flush(self) -> None:
         for (entity, version), events in self.buffer.items():
-            spec = self.registry.get(entity, version)
-            self._write_offline(spec, events)
-            self._write_online(spec, events)
+            spec = self.res.registry.get(entity, version)
+            self.write_offline(spec, events)
+            self.write_online(spec, events)
         self.buffer = defaultdict(list)
         self.buffered = 0
 
-    def _write_offline(self, spec: Any, events: list[Event]) -> None:
+    def write_offline(self, spec: Any, events: list[Event]) -> None:
         table = messages_to_table(
             spec, [e.message for e in events], [e.ingest_micros for e in events], [e.message_id for e in events]
         )
-        stored = until_stored(lambda: self.offline.write(spec, table), f"offline write of {spec.ref}")
+        stored = until_stored(lambda: self.res.offline.write(spec, table), f"offline write of {spec.ref}")
         self.offline_written.inc(stored)
 
-    def _write_online(self, spec: Any, events: list[Event]) -> None:
+    def write_online(self, spec: Any, events: list[Event]) -> None:
         messages = [e.message for e in events]
         publish = [e.publish_micros for e in events]
-        result = until_stored(lambda: self.online.write(spec, messages, publish), f"online write of {spec.ref}")
+        result = until_stored(lambda: self.res.online.write(spec, messages, publish), f"online write of {spec.ref}")
         self.online_written.inc(result.written)
         self.online_stale.inc(result.stale)
         self.online_expired.inc(result.expired)
@@ -143,18 +96,51 @@ class _WriteToStoresFn(_IngestFn):
             self.lag.update((now_micros - (ts.seconds * 1_000_000 + ts.nanos // 1_000)) // 1_000)
 
 
-class WriteToStores(beam.PTransform):
-    """Each event appended to the offline history (deduplicated by message id) and compare-and-set into the
-    online store (latest by event time), batched per bundle. One step for both stores: each Beam step costs
-    the local runner a fixed overhead per bundle of ≤ 10 messages, more than both writes together."""
+class _IngestEventsFn(_IngestFn):
+    def __init__(self, settings: Settings, flush_every: int) -> None:
+        super().__init__(settings)
+        self.flush_every = flush_every
+
+    def setup(self) -> None:
+        super().setup()
+        self.read = Metrics.counter(NAMESPACE, "events_read")
+        self.valid = Metrics.counter(NAMESPACE, "events_valid")
+
+    def start_bundle(self) -> None:
+        self.writer = StoreWriter(self.res, self.flush_every)
+
+    def process(self, message: Any) -> Iterator[Any]:
+        self.read.inc()
+        result = decode_event(
+            self.res.registry,
+            message.data,
+            dict(message.attributes or {}),
+            message.message_id or "",
+            message.publish_time,
+        )
+        if isinstance(result, DeadLetter):
+            yield result
+        else:
+            self.valid.inc()
+            self.writer.add(result)
+
+    def finish_bundle(self) -> None:
+        self.writer.flush()
+
+
+class IngestEvents(beam.PTransform):
+    """Pub/Sub messages (or records shaped like them) -> decoded, validated, written to both stores; the
+    output is the dead letters. One step on purpose: Beam's local runner pays a fixed cost per step and per
+    bundle of ≤ 10 messages, larger than decoding and both writes together (measured); on Dataflow the steps
+    would be fused anyway. The rules are `ingest.events.decode_event`, the writes `StoreWriter`."""
 
     def __init__(self, settings: Settings, *, flush_every: int = FLUSH_EVERY) -> None:
         super().__init__()
         self.settings = settings
         self.flush_every = flush_every
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return events | beam.ParDo(_WriteToStoresFn(self.settings, self.flush_every))
+    def expand(self, messages: beam.PCollection) -> beam.PCollection:
+        return messages | beam.ParDo(_IngestEventsFn(self.settings, self.flush_every))
 
 
 class _WriteDeadLettersFn(_IngestFn):

@@ -1,21 +1,15 @@
-"""Decode + validate rules, one per reason, without Beam; and the DecodeAndValidate transform in a TestPipeline."""
+"""Decode + validate rules, one per reason, without Beam."""
 
 from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
 
-import apache_beam as beam
 import pytest
-from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
 from ingest.events import Event, decode_event
-from ingest.transforms import DecodeAndValidate
 from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
 from store.registry import EntitySpec, Registry
-from store.settings import load_settings
 
 NOW = datetime.now(UTC)
 
@@ -89,17 +83,3 @@ def test_invalid_events_become_dead_letters(
     assert result.reason == reason
     assert names in result.detail
     assert result.data == data and result.attributes == attributes and result.message_id == "m-bad"
-
-
-def test_decode_and_validate_transform_splits_outputs(user: EntitySpec) -> None:
-    good = PubsubMessage(user_bytes(user, 5), attrs(user), message_id="ok", publish_time=NOW)
-    bad = PubsubMessage(b"junk", attrs(user), message_id="bad", publish_time=NOW)
-    missing = PubsubMessage(user_bytes(user, 0), attrs(user), message_id="nokey", publish_time=NOW)
-    with BeamTestPipeline(runner="FnApiRunner") as p:
-        decoded = p | beam.Create([good, bad, missing]) | DecodeAndValidate(load_settings())
-        assert_that(decoded.events | beam.Map(lambda e: (e.message_id, e.message.user_id)), equal_to([("ok", 5)]))
-        assert_that(
-            decoded.dead_letters | beam.Map(lambda d: (d.message_id, d.reason)),
-            equal_to([("bad", "undecodable"), ("nokey", "missing_key")]),
-            label="dead letters",
-        )

@@ -1,4 +1,5 @@
-"""The write transforms on their own, in a batch TestPipeline, against a real Redis; and the retry policy."""
+"""IngestEvents on its own, in a batch TestPipeline, against a real Redis and the DuckDB offline store; and the
+retry policy."""
 
 from __future__ import annotations
 
@@ -6,29 +7,37 @@ from datetime import UTC, datetime, timedelta
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
-from ingest.events import Event
 from ingest.retry import until_stored
-from ingest.transforms import WriteToStores
+from ingest.transforms import IngestEvents
 from store import FeatureStore
 from store.errors import StoreUnavailableError
+from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
 from store.settings import load_settings
 
 
-def test_write_to_stores_keeps_every_event_offline_and_the_newest_online(redis_url: str) -> None:
+def test_ingest_events_stores_valid_events_and_outputs_dead_letters(redis_url: str) -> None:
     fs = FeatureStore.from_config()
     spec = fs.spec("user")
+    attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
     now = datetime.now(UTC).replace(microsecond=0)
-    events = []
-    for n, (user_id, minutes, age) in enumerate([(1, 0, 40), (1, 5, 35), (2, 1, 22), (1, 1, 39)]):
-        message = spec.message_class(user_id=user_id, age=age)
-        message.event_time.FromDatetime(now - timedelta(minutes=minutes))
-        events.append(Event("user", 1, message, f"m{n}", 1_000 + n, 2_000 + n))
+    messages = []
+    for n, (user_id, minutes, age) in enumerate([(1, 0, 40), (1, 5, 35), (2, 1, 22), (1, 1, 39), (0, 1, 9)]):
+        event = spec.message_class(user_id=user_id, age=age)
+        event.event_time.FromDatetime(now - timedelta(minutes=minutes))
+        messages.append(PubsubMessage(event.SerializeToString(), attrs, message_id=f"m{n}", publish_time=now))
+    messages.append(PubsubMessage(b"junk", attrs, message_id="bad", publish_time=now))
     with BeamTestPipeline(runner="FnApiRunner") as p:
-        _ = p | beam.Create(events) | WriteToStores(load_settings())
+        rejected = p | beam.Create(messages) | IngestEvents(load_settings())
+        assert_that(
+            rejected | beam.Map(lambda d: (d.message_id, d.reason)),
+            equal_to([("m4", "missing_key"), ("bad", "undecodable")]),
+        )
     rows = fs.get_online("user", [1, 2], features=["age"])
-    assert [r["age"] if r else None for r in rows] == [40, 22]
+    assert [r["age"] if r else None for r in rows] == [40, 22]  # the newest by event time, whatever the order
     assert sorted(fs.offline.history(spec).column("message_id").to_pylist()) == ["m0", "m1", "m2", "m3"]
     fs.close()
 
