@@ -79,12 +79,17 @@ def decode_event(
     *,
     ingest_micros: int | None = None,
     max_future_seconds: int = MAX_FUTURE_SECONDS,
+    parsed: Message | None = None,
 ) -> Event | DeadLetter:
-    """Route by the attributes, decode with the descriptor set, validate key and event time."""
+    """Route by the attributes, decode with the descriptor set (unless a source already `parsed` the message,
+    as the JSONL backfill does), validate key and event time."""
     ingest = ingest_micros if ingest_micros is not None else time.time_ns() // 1_000
     try:
         spec = _route(registry, attributes)
-        message = _decode(spec, data)
+        if parsed is not None and parsed.DESCRIPTOR.full_name == spec.full_name:
+            message = parsed
+        else:
+            message = _decode(spec, data)
         _validate(spec, message, ingest, max_future_seconds)
     except Rejected as exc:
         return DeadLetter(

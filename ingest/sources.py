@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from ingest.events import default_registry
 from ingest.jsonmap import JsonEventParser
@@ -22,17 +23,31 @@ from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """Shaped like Beam's PubsubMessage, which is what IngestEvents reads."""
+    """Shaped like Beam's PubsubMessage, which is what IngestEvents reads; `data` is the original line (what a
+    dead letter keeps) and `parsed` the message already decoded from it."""
 
     data: bytes
     attributes: dict[str, str]
     message_id: str
+    parsed: Message
     publish_time: datetime | None = None
-    ordering_key: str | None = field(default=None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Messages of descriptor-set classes do not pickle (Beam samples element sizes by encoding them).
+        entity, version = self.attributes[ATTR_ENTITY], int(self.attributes[ATTR_VERSION])
+        state = (self.data, self.attributes, self.message_id, self.parsed.SerializeToString(), self.publish_time)
+        return (_rebuild_record, (entity, version, *state))
+
+
+def _rebuild_record(
+    entity: str, version: int, data: bytes, attributes: dict[str, str], message_id: str, parsed: bytes, publish: Any
+) -> SourceRecord:
+    message = default_registry().get(entity, version).message_class.FromString(parsed)
+    return SourceRecord(data, attributes, message_id, message, publish)
 
 
 def backfill_message_id(payload: bytes) -> str:
-    """Deterministic from the content: running the same backfill twice stores nothing twice."""
+    """Deterministic from the line: running the same backfill twice stores nothing twice."""
     return "backfill:" + hashlib.sha256(payload).hexdigest()[:32]
 
 
@@ -69,8 +84,7 @@ class _JsonLinesToRecordsFn(beam.DoFn):
                 ),
             )
             return
-        data = message.SerializeToString(deterministic=True)
-        yield SourceRecord(data, self.attributes, backfill_message_id(data))
+        yield SourceRecord(raw, self.attributes, backfill_message_id(raw), message)
 
 
 class ReadJsonEvents(beam.PTransform):

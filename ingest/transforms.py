@@ -117,6 +117,7 @@ class _IngestEventsFn(_IngestFn):
             dict(message.attributes or {}),
             message.message_id or "",
             message.publish_time,
+            parsed=getattr(message, "parsed", None),
         )
         if isinstance(result, DeadLetter):
             yield result
