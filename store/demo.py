@@ -104,8 +104,10 @@ def _wait_online(user_ids: list[int], expected_country: dict[int, object], timeo
 
 
 def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes its data and logs.")) -> None:
-    """Run the end-to-end demo: codegen check, stack up, publish, stream-ingest, read online (Python, CLI,
-    HTTP), export a point-in-time training set. Starts its own Redis and Pub/Sub emulator."""
+    """Run the end-to-end demo (starts its own Redis and Pub/Sub emulator).
+
+    Codegen check, stack up, publish, stream-ingest, read online (Python, CLI, HTTP), dead letters, and a
+    point-in-time training set."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     with ExitStack() as stack:
@@ -136,6 +138,11 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes 
         took = _wait_online(ids, {i: latest[i]["country"] for i in ids}, timeout=180)
         typer.echo(f"   all {len(ids)} users readable online {took:.1f} s after publishing; latest by event time won")
 
+        typer.secho("   A producer built from another schema, and one that forgot the key, publish too:", fg="cyan")
+        _publish_bad_events()
+        _wait_dead_letters(2, timeout=60)
+        _fstore("dead-letters")
+
         _step(5, "Read features online: Python, CLI, HTTP")
         from store import FeatureStore
 
@@ -159,6 +166,36 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes 
         )  # fmt: skip
         _fstore("ledger")
     typer.secho(f"\nDemo done. Data and logs are in {out}/", fg=typer.colors.GREEN, bold=True)
+
+
+def _publish_bad_events() -> None:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    from fstore.entities.user.v1 import User, UserV1Publisher
+    from store.settings import load_settings
+
+    settings = load_settings()
+    publisher = UserV1Publisher(settings.pubsub.topic_for("user"), project=settings.project)
+    stale = User(user_id=7, age=30)
+    stale.event_time.GetCurrentTime()
+    attributes = publisher.attributes(stale) | {"fstore_fingerprint": "0123456789abcdef"}
+    no_key = User(age=41)
+    no_key.event_time.GetCurrentTime()
+    client = pubsub_v1.PublisherClient()
+    topic = client.topic_path(settings.project, settings.pubsub.topic_for("user"))
+    client.publish(topic, stale.SerializeToString(), **attributes).result()
+    publisher.publish(no_key).result()
+
+
+def _wait_dead_letters(count: int, timeout: float) -> None:
+    from store import FeatureStore
+
+    deadline = time.monotonic() + timeout
+    with FeatureStore.from_config() as fs:
+        while fs.offline.dead_letters().num_rows < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: {count} dead letters did not appear within {timeout:.0f} s")
+            time.sleep(0.2)
 
 
 def _http_get(url: str, timeout: float) -> str:

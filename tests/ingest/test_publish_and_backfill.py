@@ -125,6 +125,11 @@ def test_backfill_parquet_rows_break_the_same_rules(tmp_path: Path, redis_url: s
         ]
         assert all(d["message_id"].startswith("backfill:") for d in letters)
         assert json.loads(next(d for d in letters if d["reason"] == "missing_key")["data"])["age"] == 31
+    listed = CliRunner().invoke(app, ["dead-letters"])
+    assert listed.exit_code == 0, listed.output
+    assert "3 dead letters; event_time_out_of_range: 2; missing_key: 1" in listed.output
+    only = CliRunner().invoke(app, ["dead-letters", "--reason", "missing_key", "--json"])
+    assert [json.loads(line)["reason"] for line in only.output.splitlines()] == ["missing_key"]
 
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"user_id": [1], "event_time": pa.array([NOW]), "height": [1.8]}), bad)
