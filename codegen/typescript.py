@@ -102,3 +102,12 @@ def _tsconfig() -> dict[str, object]:
 
 def _json(value: object) -> bytes:
     return (json.dumps(value, indent=2) + "\n").encode()
+
+
+if __name__ == "__main__":
+    # `python -m codegen.typescript`: install the pinned plugin ahead of time (`make install` does, best effort),
+    # so `fstore codegen --check` and the tests cover TypeScript on a fresh clone too.
+    try:
+        print(f"protoc-gen-es ready: {installed_plugin(Path(TOOLS_DIR)) or install_plugin(Path(TOOLS_DIR))}")
+    except ToolMissing as exc:
+        print(f"TypeScript codegen will be skipped: {exc}")
