@@ -274,3 +274,24 @@ def test_any_interleaving_equals_max_by_event_time(
             assert row["lifetime_orders"] == first
     store.close()
     client.close()
+
+
+def test_acl_user_with_password(redis_url: str, spec: EntitySpec) -> None:
+    """A least-privilege ACL user (Memorystore AUTH / Redis 6 ACLs): only fs:* keys and the commands we use."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command(
+        "ACL", "SETUSER", "ingest", "on", ">s3cret", "~fs:*", "-@all",
+        "+evalsha", "+eval", "+script|load", "+mget", "+get", "+ping", "+set",
+    )  # fmt: skip
+    try:
+        host_port = redis_url.removeprefix("redis://")
+        store = RedisOnlineStore(f"redis://ingest:s3cret@{host_port}")
+        assert store.write(spec, [user(spec, 1, datetime.now(UTC), country="JP")]).written == 1
+        assert countries(store, spec, [1]) == ["JP"]
+        store.close()
+        wrong = RedisOnlineStore(f"redis://ingest:nope@{host_port}", RedisSettings(write_retry_seconds=0))
+        with pytest.raises(StoreUnavailableError, match=r"ingest:\*\*\*@.*(?i:invalid|wrongpass)"):
+            wrong.read(spec, [1], spec.select(None))
+    finally:
+        admin.execute_command("ACL", "DELUSER", "ingest")
+        admin.close()
