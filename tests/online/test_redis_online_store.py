@@ -295,3 +295,44 @@ def test_acl_user_with_password(redis_url: str, spec: EntitySpec) -> None:
     finally:
         admin.execute_command("ACL", "DELUSER", "ingest")
         admin.close()
+
+
+def test_tls_rediss_url(tmp_path: Path, spec: EntitySpec) -> None:
+    """`rediss://` (Memorystore with in-transit encryption): a real TLS Redis with a self-signed CA."""
+    import shutil
+    import subprocess
+
+    from store.local_services import free_port, redis_server_binary
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not found: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", tmp_path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        store = RedisOnlineStore(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
+        deadline = time.monotonic() + 10
+        while not store.ping():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("this redis-server cannot serve TLS")
+            time.sleep(0.05)
+        assert store.write(spec, [user(spec, 9, datetime.now(UTC), country="FR")]).written == 1
+        assert countries(store, spec, [9]) == ["FR"]
+        store.close()
+        # An unknown CA is refused: TLS is verified, not just encrypted.
+        untrusted = RedisOnlineStore(f"rediss://127.0.0.1:{port}/0", RedisSettings(write_retry_seconds=0))
+        with pytest.raises(StoreUnavailableError):
+            untrusted.read(spec, [9], spec.select(None))
+    finally:
+        server.terminate()
+        server.wait()
