@@ -77,9 +77,12 @@ def redis_server_binary() -> str:
 class RedisServer(_Service):
     """A throwaway Redis (no persistence) on a free port; `url` is what FSTORE_REDIS_URL takes."""
 
-    def __init__(self, port: int | None = None, maxmemory: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, maxmemory: str | None = None, extra_args: list[str] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.maxmemory = maxmemory
+        self.extra_args = extra_args or []
         self.dir = Path(tempfile.mkdtemp(prefix="fstore-redis-"))
 
     @property
@@ -99,6 +102,7 @@ class RedisServer(_Service):
         ]  # fmt: skip
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -113,6 +117,69 @@ class RedisServer(_Service):
                 time.sleep(0.02)
         self.stop()
         raise ServiceUnavailable(f"redis-server did not answer on port {self.port} within 10 s")
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too; Redis wants both ≤ 65535."""
+    while True:
+        port = free_port()
+        if port <= 55535:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+class RedisClusterServers:
+    """A throwaway Redis Cluster of `size` primaries on free ports (slots split evenly, no replicas): what
+    Memorystore for Redis Cluster looks like to a client. `url` names the first node."""
+
+    def __init__(self, size: int = 3) -> None:
+        args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+        self.nodes = [RedisServer(port=_cluster_port(), extra_args=args) for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in self.nodes]
+        step = 16384 // len(clients)
+        for i, client in enumerate(clients):
+            last = 16383 if i == len(clients) - 1 else (i + 1) * step - 1
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(i * step, last + 1))
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            if all(b"cluster_state:ok" in (i if isinstance(i, bytes) else i.encode()) for i in infos) and all(
+                len(c.execute_command("CLUSTER", "NODES").splitlines()) == len(clients) for c in clients
+            ):
+                break
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise ServiceUnavailable("the Redis Cluster did not reach cluster_state:ok within 20 s")
+        for client in clients:
+            client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def pubsub_emulator_script() -> str | None:

@@ -52,6 +52,8 @@ class RedisSettings(BaseModel):
     # Writes retry with exponential backoff up to this long before giving up (ingest stalls, never drops).
     write_retry_seconds: float = Field(30.0, ge=0)
     max_connections: int = Field(64, ge=1)
+    # Redis Cluster / Memorystore for Redis Cluster: the URL names any node (or the discovery endpoint).
+    cluster: bool = False
 
 
 class ApiKey(BaseModel):

