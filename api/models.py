@@ -28,7 +28,7 @@ class OnlineRequest(BaseModel):
     # Strict: a bool or a float is refused here instead of silently becoming an id.
     ids: list[StrictInt | NonEmptyStr] = Field(min_length=1, description=IDS_DESCRIPTION)
     features: list[str] | None = Field(None, description=FEATURES_DESCRIPTION)
-    version: int | None = Field(None, description=VERSION_DESCRIPTION)
+    version: StrictInt | None = Field(None, description=VERSION_DESCRIPTION)
 
 
 class OnlineResponse(BaseModel):

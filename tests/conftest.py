@@ -7,12 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from store.local_services import PubSubEmulator, RedisServer, ServiceUnavailable
 from store.registry import Registry
 from store.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests and schemathesis draw the same examples on every run, so a red build means a change broke
+# something; FSTORE_FUZZ=random explores new examples (do that when working on a property).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False, database=None)
+hypothesis_settings.load_profile("explore" if os.environ.get("FSTORE_FUZZ") == "random" else "ci")
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ fixture loader touches a private pytest attribute that pytest 9 removed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,7 +60,13 @@ def run_schemathesis(operation: Any, mode: GenerationMode, **fixed: Any) -> None
     strategy = operation.as_strategy(generation_mode=mode, **fixed)
 
     @given(case=strategy)
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=int(os.environ.get("FSTORE_FUZZ_EXAMPLES", MAX_EXAMPLES)),
+        # Same examples every run unless FSTORE_FUZZ=random (tests/conftest.py); more with FSTORE_FUZZ_EXAMPLES.
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     def check(case: Any) -> None:
         # The spec is one generic route for every entity, so it cannot say that `user` ids are decimal and `item`
         # ids any text: a schema-valid id may rightly get a 422 (invalid_id). Every other check stays on.
