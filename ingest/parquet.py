@@ -26,7 +26,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, default_registry
-from ingest.resources import Resources, resources
+from ingest.resources import IngestDoFn
 from ingest.retry import until_stored
 from ingest.transforms import DEAD_LETTERS, NAMESPACE
 from store.errors import FstoreError
@@ -182,16 +182,11 @@ def _constant_times(micros: int, rows: int) -> pa.Array:
     return pa.array([micros] * rows, pa.int64()).cast(TIMESTAMP)
 
 
-class _WriteEventBatchFn(beam.DoFn):
+class _WriteEventBatchFn(IngestDoFn):
     """The whole batch offline (one Arrow write), then the latest row per key online."""
 
-    res: Resources
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings_json = settings.model_dump_json()
-
     def setup(self) -> None:
-        self.res = resources(self.settings_json)
+        super().setup()
         self.offline_written = Metrics.counter(NAMESPACE, "offline_written")
         self.online_written = Metrics.counter(NAMESPACE, "online_written")
         self.online_stale = Metrics.counter(NAMESPACE, "online_stale")

@@ -12,6 +12,8 @@ import functools
 import threading
 from typing import Any
 
+import apache_beam as beam
+
 from ingest.events import default_registry
 from store.offline import OfflineStore, open_offline_store
 from store.online import OnlineStore, open_online_store
@@ -58,3 +60,16 @@ class Resources:
 @functools.lru_cache(maxsize=8)
 def resources(settings_json: str) -> Resources:
     return Resources(Settings.model_validate_json(settings_json))
+
+
+class IngestDoFn(beam.DoFn):
+    """Base of fstore's DoFns: holds the settings as JSON (cheap to pickle); `setup` finds the process's
+    shared clients in `self.res`."""
+
+    res: Resources
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings_json = settings.model_dump_json()
+
+    def setup(self) -> None:
+        self.res = resources(self.settings_json)

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ingest.events import Event, decode_event
-from ingest.resources import Resources, resources
+from ingest.resources import IngestDoFn, Resources
 from ingest.retry import until_stored
 from store.events import DeadLetter
 from store.offline.schema import messages_to_table
@@ -31,18 +31,6 @@ DEAD_LETTERS = "dead_letters"
 FLUSH_EVERY = 1_000  # streaming bundles are ≤ 10 messages locally; this bounds Dataflow's larger ones
 BACKFILL_FLUSH_EVERY = 20_000  # batch: fewer, larger offline segments (a flush writes one per event date)
 NAMESPACE = "fstore"
-
-
-class _IngestFn(beam.DoFn):
-    """Holds the settings as JSON (cheap to pickle); `setup` finds the process's shared clients."""
-
-    res: Resources
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings_json = settings.model_dump_json()
-
-    def setup(self) -> None:
-        self.res = resources(self.settings_json)
 
 
 class StoreWriter:
@@ -96,7 +84,7 @@ class StoreWriter:
             self.lag.update((now_micros - (ts.seconds * 1_000_000 + ts.nanos // 1_000)) // 1_000)
 
 
-class _IngestEventsFn(_IngestFn):
+class _IngestEventsFn(IngestDoFn):
     def __init__(self, settings: Settings, flush_every: int) -> None:
         super().__init__(settings)
         self.flush_every = flush_every
@@ -144,7 +132,7 @@ class IngestEvents(beam.PTransform):
         return messages | beam.ParDo(_IngestEventsFn(self.settings, self.flush_every))
 
 
-class _WriteDeadLettersFn(_IngestFn):
+class _WriteDeadLettersFn(IngestDoFn):
     def __init__(self, settings: Settings, publish: bool) -> None:
         super().__init__(settings)
         self.publish = publish

@@ -132,7 +132,7 @@ def _cluster_port() -> int:
             return port
 
 
-class RedisClusterServers:
+class RedisClusterServers(_Service):
     """A throwaway Redis Cluster of `size` primaries on free ports (slots split evenly, no replicas): what
     Memorystore for Redis Cluster looks like to a client. `url` names the first node."""
 
@@ -143,13 +143,6 @@ class RedisClusterServers:
     @property
     def url(self) -> str:
         return self.nodes[0].url
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         import redis
