@@ -12,12 +12,14 @@ deduplicated file, after which reads skip the work. Compaction runs on its own o
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -42,6 +44,8 @@ from store.offline.sql import (
     history_filters,
 )
 from store.registry import EntitySpec, Registry
+
+log = logging.getLogger("fstore.offline")
 
 SPINE_VIEW = "__fstore_spine"
 DEFAULT_COMPACT_AFTER = 256
@@ -81,6 +85,9 @@ class DuckDBOfflineStore(OfflineStore):
         # Segments this process wrote per partition since it last looked: listing a partition on every small
         # streaming write cost more than writing the segment (measured), so we look every `compact_after / 4`.
         self._written_since_check: dict[Path, int] = {}
+        # Compaction rewrites a whole day: off the write path, one at a time, so ingest never waits for it.
+        self._compactor: ThreadPoolExecutor | None = None
+        self._compacting: set[Path] = set()
 
     @classmethod
     def from_url(cls, url: str, registry: Registry) -> DuckDBOfflineStore:
@@ -179,8 +186,27 @@ class DuckDBOfflineStore(OfflineStore):
             self._written_since_check[partition_dir] = written
             return
         self._written_since_check[partition_dir] = 0
+        if partition_dir in self._compacting:
+            return
         if len(segments.read_partition(partition_dir).fresh) >= self.compact_after:
+            if self._compactor is None:
+                self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fstore-compact")
+            self._compacting.add(partition_dir)
+            self._compactor.submit(self._compact_in_background, spec, partition_dir)
+
+    def _compact_in_background(self, spec: EntitySpec, partition_dir: Path) -> None:
+        try:
             self._compact_partition(spec, partition_dir)
+        except Exception:  # a failed compaction loses nothing: the segments stay, the next attempt retries
+            log.exception("compaction of %s failed; its segments are kept as they are", partition_dir)
+        finally:
+            self._compacting.discard(partition_dir)
+
+    def close(self) -> None:
+        """Wait for a compaction in progress (it is safe to interrupt, but finishing it is cheaper)."""
+        if self._compactor is not None:
+            self._compactor.shutdown(wait=True)
+            self._compactor = None
 
     def _compact_partition(self, spec: EntitySpec, partition_dir: Path) -> tuple[int, int] | None:
         with segments.compaction_lock(partition_dir) as mine:

@@ -76,6 +76,7 @@ def test_automatic_compaction(tmp_path: Path, registry: Registry, user: EntitySp
     store = DuckDBOfflineStore(tmp_path / "o", registry, compact_after=4)
     for n in range(9):
         store.write(user, rows(user, {"key": 1, "t": n, "id": f"m{n}"}))
+    store.close()  # compaction runs in the background; close waits for it
     files = sorted(p.name for p in (tmp_path / "o" / "user_v1" / "date=2026-03-01").glob("*.parquet"))
     assert any(f.startswith("compacted-") for f in files) and len(files) < 9
     assert store.history(user).num_rows == 9
