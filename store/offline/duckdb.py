@@ -188,10 +188,13 @@ class DuckDBOfflineStore(OfflineStore):
         self._written_since_check[partition_dir] = 0
         if partition_dir in self._compacting or not self._due(segments.read_partition(partition_dir)):
             return
-        if self._compactor is None:
-            self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fstore-compact")
-        self._compacting.add(partition_dir)
-        self._compactor.submit(self._compact_in_background, spec, partition_dir)
+        with self._recent_lock:  # writers may share this store across threads
+            if partition_dir in self._compacting:
+                return
+            if self._compactor is None:
+                self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fstore-compact")
+            self._compacting.add(partition_dir)
+            self._compactor.submit(self._compact_in_background, spec, partition_dir)
 
     def _due(self, partition: segments.Partition) -> bool:
         """Compaction rewrites the whole day, so rewriting it every `compact_after` segments would cost O(n²)
