@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -12,6 +14,8 @@ from google.protobuf import json_format
 from store.errors import SettingsError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
 from store.registry import Registry
 from store.settings import get_settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_registry_reads_entities_from_options(registry: Registry) -> None:
@@ -117,3 +121,14 @@ def test_earlier_fingerprints_stay_known(registry: Registry) -> None:
     assert user.knows_fingerprint(user.fingerprint) and user.knows_fingerprint("00000000deadbeef")
     assert not registry.get("user").knows_fingerprint("00000000deadbeef")
     assert not with_history.get("item").knows_fingerprint("00000000deadbeef")
+
+
+def test_example_settings_file_is_the_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """fstore.example.yaml documents every setting with its default: it must load, and change nothing."""
+    for name in [n for n in os.environ if n.startswith("FSTORE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FSTORE_CONFIG", str(ROOT / "fstore.example.yaml"))
+    example = load_settings()
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    monkeypatch.setenv("FSTORE_CONFIG", str(tmp_path / "empty.yaml"))
+    assert example.model_dump() == load_settings().model_dump()
