@@ -1,12 +1,15 @@
 """The event contract between producers, the ingest job and the stores.
 
 Producers (the generated publishers) set these Pub/Sub attributes; the ingest job routes on them.
-`to_row` turns a decoded entity message into plain Python values, the one conversion every store
-and the API share.
+`field_reader` turns a field of a decoded entity message into a plain Python value: the one conversion the
+online store's rows, the offline store's Arrow columns and the API share.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,26 +32,18 @@ def event_time_micros(spec: EntitySpec, message: Message) -> int:
     return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1_000
 
 
-def field_value(message: Message, field: FieldSpec) -> Any:
-    """A field as a plain Python value: lists for repeated fields, None for an unset optional."""
+@functools.cache
+def field_reader(field: FieldSpec) -> Callable[[Message], Any]:
+    """How to read `field` as a plain Python value (lists for repeated fields, None for an unset optional),
+    decided once per field: the hot paths call it per row and per column without re-deciding."""
+    name = field.name
     if field.repeated:
-        return list(getattr(message, field.name))
+        return lambda message: list(getattr(message, name))
     if field.kind == "timestamp":
-        if not message.HasField(field.name):
-            return None
-        return getattr(message, field.name).ToDatetime(tzinfo=UTC)
-    if field.has_presence and not message.HasField(field.name):
-        return None
-    return getattr(message, field.name)
-
-
-def to_row(spec: EntitySpec, message: Message, features: tuple[FieldSpec, ...] | None = None) -> dict[str, Any]:
-    """Key, event time (aware UTC datetime) and the requested features (all when None)."""
-    row: dict[str, Any] = {spec.key.name: getattr(message, spec.key.name)}
-    row[spec.event_time.name] = field_value(message, spec.event_time)
-    for field in spec.features if features is None else features:
-        row[field.name] = field_value(message, field)
-    return row
+        return lambda message: getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
+    if field.has_presence:
+        return lambda message: getattr(message, name) if message.HasField(name) else None
+    return operator.attrgetter(name)
 
 
 def utc_from_micros(micros: int) -> datetime:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from store.errors import SchemaError
-from store.events import ATTR_ENTITY, ATTR_VERSION, DeadLetter, event_time_micros, field_value
+from store.events import ATTR_ENTITY, ATTR_VERSION, DeadLetter, event_time_micros, field_reader
 from store.offline.base import INGEST_TIME, MESSAGE_ID
 from store.registry import EntitySpec, FieldSpec
 
@@ -90,20 +90,8 @@ def messages_to_table(
         pa.array(list(message_ids), type=pa.string()),
     ]
     for f in spec.features:
-        columns.append(pa.array(_column(messages, f), type=arrow_type(f)))
+        columns.append(pa.array(list(map(field_reader(f), messages)), type=arrow_type(f)))
     return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _column(messages: Sequence[Message], field: FieldSpec) -> list[Any]:
-    """One field of every message; the common kinds without a per-value function call (ingest's hot path)."""
-    name = field.name
-    if field.repeated:
-        return [list(getattr(m, name)) for m in messages]
-    if field.kind == "timestamp":
-        return [field_value(m, field) for m in messages]
-    if field.has_presence:
-        return [getattr(m, name) if m.HasField(name) else None for m in messages]
-    return [getattr(m, name) for m in messages]
 
 
 def dead_letters_to_table(letters: Sequence[DeadLetter]) -> pa.Table:

@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from store.errors import StoreUnavailableError
-from store.events import event_time_micros, field_value, utc_from_micros
+from store.events import event_time_micros, field_reader, utc_from_micros
 from store.online.base import EntityId, OnlineStore, Row, WriteResult
 from store.registry import EntitySpec, FieldSpec, Registry
 from store.settings import RedisSettings, Settings
@@ -303,38 +303,20 @@ def decode_rows(spec: EntitySpec, values: Sequence[Any], features: tuple[FieldSp
             gc.enable()
 
 
-_PLAIN, _OPTIONAL, _REPEATED, _OTHER = range(4)
-
-
 @functools.lru_cache(maxsize=256)
 def _row_decoder(spec: EntitySpec, features: tuple[FieldSpec, ...]) -> Callable[[bytes], Row]:
-    """A row decoder planned once per (entity version, feature selection): the event time comes from the
-    header (no Timestamp conversion), and each field's handling is decided here, not per row."""
+    """A row decoder planned once per (entity version, feature selection); the event time comes from the
+    header, so no Timestamp is converted per row."""
     parse = spec.message_class.FromString
     key, event_time, offset = spec.key.name, spec.event_time.name, HEADER.size
-    plan = []
-    for f in features:
-        if f.repeated:
-            mode = _REPEATED
-        elif f.kind == "timestamp":
-            mode = _OTHER
-        else:
-            mode = _OPTIONAL if f.has_presence else _PLAIN
-        plan.append((f.name, mode, f))
+    readers = [(f.name, field_reader(f)) for f in features]
 
     def decode(value: bytes) -> Row:
         event_micros = HEADER.unpack_from(value)[0]
         message = parse(value[offset:])
         row: Row = {key: getattr(message, key), event_time: utc_from_micros(int(event_micros))}
-        for name, mode, field in plan:
-            if mode == _PLAIN:
-                row[name] = getattr(message, name)
-            elif mode == _OPTIONAL:
-                row[name] = getattr(message, name) if message.HasField(name) else None
-            elif mode == _REPEATED:
-                row[name] = list(getattr(message, name))
-            else:
-                row[name] = field_value(message, field)
+        for name, read in readers:
+            row[name] = read(message)
         return row
 
     return decode
