@@ -27,10 +27,9 @@ from apache_beam.metrics import Metrics
 
 from ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, default_registry
 from ingest.resources import IngestDoFn
-from ingest.retry import until_stored
-from ingest.transforms import DEAD_LETTERS, NAMESPACE
+from ingest.transforms import DEAD_LETTERS, NAMESPACE, StoreWriter
 from store.errors import FstoreError
-from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
+from store.events import DeadLetter, routing_attributes
 from store.offline.base import INGEST_TIME, MESSAGE_ID
 from store.offline.schema import TIMESTAMP, arrow_schema
 from store.registry import EntitySpec
@@ -118,11 +117,7 @@ class _ReadParquetEventsFn(beam.DoFn):
     def setup(self) -> None:
         self.spec = default_registry().get(self.entity, self.version)
         self.schema = input_schema(self.spec)
-        self.attributes = {
-            ATTR_ENTITY: self.spec.name,
-            ATTR_VERSION: str(self.spec.version),
-            ATTR_FINGERPRINT: self.spec.fingerprint,
-        }
+        self.attributes = routing_attributes(self.spec)
         self.read = Metrics.counter(NAMESPACE, "events_read")
         self.valid = Metrics.counter(NAMESPACE, "events_valid")
 
@@ -187,18 +182,14 @@ class _WriteEventBatchFn(IngestDoFn):
 
     def setup(self) -> None:
         super().setup()
-        self.offline_written = Metrics.counter(NAMESPACE, "offline_written")
-        self.online_written = Metrics.counter(NAMESPACE, "online_written")
-        self.online_stale = Metrics.counter(NAMESPACE, "online_stale")
+        self.writer = StoreWriter(self.res)
 
     def process(self, batch: EventBatch) -> Iterator[Any]:
         spec = self.res.registry.get(batch.entity, batch.version)
-        stored = until_stored(lambda: self.res.offline.write(spec, batch.table), f"offline write of {spec.ref}")
-        self.offline_written.inc(stored)
+        self.writer.store_offline(spec, batch.table)
         messages, publish = latest_messages(spec, batch.table)
-        result = until_stored(lambda: self.res.online.write(spec, messages, publish), f"online write of {spec.ref}")
-        self.online_written.inc(result.written)
-        self.online_stale.inc(result.stale + (batch.table.num_rows - len(messages)))
+        self.writer.store_online(spec, messages, publish)
+        self.writer.online_stale.inc(batch.table.num_rows - len(messages))  # older rows of the batch: never sent
         return iter(())
 
 

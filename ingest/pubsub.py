@@ -5,7 +5,9 @@ never are: infrastructure belongs to its owners, so we say exactly what is missi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from store.errors import FstoreError
 from store.registry import Registry
@@ -44,20 +46,18 @@ def deadletter_topic_path(settings: Settings) -> str:
 
 
 def ensure_topics(settings: Settings, topics: list[str]) -> None:
-    from google.api_core.exceptions import AlreadyExists, NotFound
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     publisher = pubsub_v1.PublisherClient()
-    missing = []
-    for topic in topics:
-        try:
-            publisher.get_topic(topic=topic, timeout=10)
-        except NotFound:
-            if not settings.pubsub_emulator_host:
-                missing.append(topic)
-                continue
-            with contextlib.suppress(AlreadyExists):  # another process created it meanwhile
-                publisher.create_topic(name=topic, timeout=10)
+    missing = [
+        topic
+        for topic in topics
+        if not _exists_or_created(
+            settings,
+            partial(publisher.get_topic, topic=topic, timeout=10),
+            partial(publisher.create_topic, name=topic, timeout=10),
+        )
+    ]
     if missing:
         raise PubSubSetupError(
             "missing Pub/Sub topic(s): " + ", ".join(missing) + " (create them, e.g. `gcloud pubsub topics create`)"
@@ -65,26 +65,42 @@ def ensure_topics(settings: Settings, topics: list[str]) -> None:
 
 
 def ensure_subscriptions(settings: Settings, routes_: list[Route]) -> None:
-    from google.api_core.exceptions import AlreadyExists, NotFound
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     ensure_topics(settings, [r.topic for r in routes_] + [deadletter_topic_path(settings)])
     subscriber = pubsub_v1.SubscriberClient()
-    missing = []
-    for route in routes_:
-        try:
-            subscriber.get_subscription(subscription=route.subscription, timeout=10)
-        except NotFound:
-            if not settings.pubsub_emulator_host:
-                missing.append(f"{route.subscription} (on {route.topic})")
-                continue
-            with contextlib.suppress(AlreadyExists):
-                subscriber.create_subscription(
-                    name=route.subscription, topic=route.topic, ack_deadline_seconds=60, timeout=10
-                )
+    missing = [
+        f"{route.subscription} (on {route.topic})"
+        for route in routes_
+        if not _exists_or_created(
+            settings,
+            partial(subscriber.get_subscription, subscription=route.subscription, timeout=10),
+            partial(
+                subscriber.create_subscription,
+                name=route.subscription,
+                topic=route.topic,
+                ack_deadline_seconds=60,
+                timeout=10,
+            ),
+        )
+    ]
     subscriber.close()
     if missing:
         raise PubSubSetupError(
             "missing Pub/Sub subscription(s): " + ", ".join(missing) + " (create them, e.g. "
             "`gcloud pubsub subscriptions create NAME --topic TOPIC`)"
         )
+
+
+def _exists_or_created(settings: Settings, get: Callable[[], object], create: Callable[[], object]) -> bool:
+    """True when the resource exists, or was just created on the emulator; False when missing on real Pub/Sub."""
+    from google.api_core.exceptions import AlreadyExists, NotFound
+
+    try:
+        get()
+    except NotFound:
+        if not settings.pubsub_emulator_host:
+            return False
+        with contextlib.suppress(AlreadyExists):  # another process created it meanwhile
+            create()
+    return True

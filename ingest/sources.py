@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from ingest.events import default_registry
 from ingest.jsonmap import JsonEventParser
 from ingest.transforms import DEAD_LETTERS
-from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
+from store.events import ATTR_ENTITY, ATTR_VERSION, DeadLetter, routing_attributes
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,7 @@ class _JsonLinesToRecordsFn(beam.DoFn):
     def setup(self) -> None:
         self.spec = default_registry().get(self.entity, self.version)
         self.parser = JsonEventParser(self.spec)
-        self.attributes = {
-            ATTR_ENTITY: self.spec.name,
-            ATTR_VERSION: str(self.spec.version),
-            ATTR_FINGERPRINT: self.spec.fingerprint,
-        }
+        self.attributes = routing_attributes(self.spec)
 
     def process(self, line: str) -> Iterator[Any]:
         if not line.strip():

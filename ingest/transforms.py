@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ingest.events import Event, decode_event
+from ingest.pubsub import deadletter_topic_path
 from ingest.resources import IngestDoFn, Resources
 from ingest.retry import until_stored
 from store.events import DeadLetter
@@ -38,7 +39,7 @@ class StoreWriter:
     online. Offline first: whatever a model can read online is already in the training history. A plain
     object, not a DoFn: Beam's local runner inspects every DoFn method's signature on every bundle."""
 
-    def __init__(self, res: Resources, flush_every: int) -> None:
+    def __init__(self, res: Resources, flush_every: int = FLUSH_EVERY) -> None:
         self.res = res
         self.flush_every = flush_every
         self.buffer: dict[tuple[str, int], list[Event]] = defaultdict(list)
@@ -58,25 +59,27 @@ class StoreWriter:
     def flush(self) -> None:
         for (entity, version), events in self.buffer.items():
             spec = self.res.registry.get(entity, version)
-            self.write_offline(spec, events)
-            self.write_online(spec, events)
+            messages = [e.message for e in events]
+            ingest, ids = [e.ingest_micros for e in events], [e.message_id for e in events]
+            self.store_offline(spec, messages_to_table(spec, messages, ingest, ids))
+            self.store_online(spec, messages, [e.publish_micros for e in events])
+            self._record_lag(spec, messages)
         self.buffer = defaultdict(list)
         self.buffered = 0
 
-    def write_offline(self, spec: Any, events: list[Event]) -> None:
-        table = messages_to_table(
-            spec, [e.message for e in events], [e.ingest_micros for e in events], [e.message_id for e in events]
-        )
+    def store_offline(self, spec: Any, table: Any) -> None:
         stored = until_stored(lambda: self.res.offline.write(spec, table), f"offline write of {spec.ref}")
         self.offline_written.inc(stored)
 
-    def write_online(self, spec: Any, events: list[Event]) -> None:
-        messages = [e.message for e in events]
-        publish = [e.publish_micros for e in events]
-        result = until_stored(lambda: self.res.online.write(spec, messages, publish), f"online write of {spec.ref}")
+    def store_online(self, spec: Any, messages: list[Any], publish_micros: list[int]) -> None:
+        result = until_stored(
+            lambda: self.res.online.write(spec, messages, publish_micros), f"online write of {spec.ref}"
+        )
         self.online_written.inc(result.written)
         self.online_stale.inc(result.stale)
         self.online_expired.inc(result.expired)
+
+    def _record_lag(self, spec: Any, messages: list[Any]) -> None:
         now_micros = time.time_ns() // 1_000
         field = spec.event_time.name
         for message in messages:
@@ -143,7 +146,7 @@ class _WriteDeadLettersFn(IngestDoFn):
         self.store = self.res.offline
         self.publisher = self.res.publisher if self.publish else None
         settings = self.res.settings
-        self.topic = f"projects/{settings.project}/topics/{settings.pubsub.deadletter_topic}"
+        self.topic = deadletter_topic_path(settings)
 
     def start_bundle(self) -> None:
         self.letters = []

@@ -26,6 +26,11 @@ ROUTING_ATTRIBUTES = (ATTR_ENTITY, ATTR_VERSION, ATTR_EVENT_TIME, ATTR_FINGERPRI
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def routing_attributes(spec: EntitySpec) -> dict[str, str]:
+    """The attributes the ingest job routes on (the generated publishers add the event time too)."""
+    return {ATTR_ENTITY: spec.name, ATTR_VERSION: str(spec.version), ATTR_FINGERPRINT: spec.fingerprint}
+
+
 def event_time_micros(spec: EntitySpec, message: Message) -> int:
     """Event time in microseconds since the epoch (0 when unset)."""
     ts = getattr(message, spec.event_time.name)
