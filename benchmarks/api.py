@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from google.protobuf.message import Message
+from sample_users import random_user
 
 from store import FeatureStore
 from store.local_services import RedisServer, free_port
@@ -69,20 +70,7 @@ class LoadResult:
 def user_templates(spec: EntitySpec, count: int, rng: random.Random) -> list[Message]:
     """Distinct, fully populated users (recent event times: none expires under the 30-day TTL)."""
     now = datetime.now(UTC)
-    out = []
-    for _ in range(count):
-        msg = spec.message_class(
-            age=rng.randint(18, 90),
-            country=rng.choice(["JP", "FR", "DE", "US", "BR"]),
-            is_premium=rng.random() < 0.2,
-            lifetime_orders=rng.randint(0, 500),
-            avg_order_value=round(rng.uniform(5, 300), 2),
-            favorite_categories=rng.sample(["books", "games", "garden", "music", "toys", "food"], 2),
-            embedding=[rng.uniform(-1, 1) for _ in range(16)],
-        )
-        msg.event_time.FromDatetime(now - timedelta(seconds=rng.randint(60, 86_400)))  # type: ignore[attr-defined]
-        out.append(msg)
-    return out
+    return [random_user(spec, rng, 0, now - timedelta(seconds=rng.randint(60, 86_400))) for _ in range(count)]
 
 
 def load_users(fs: FeatureStore, rows: int) -> float:

@@ -14,6 +14,9 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.message import Message
+from sample_users import random_user
+
 from store import FeatureStore
 from store.local_services import RedisServer
 from store.online.redis import RedisOnlineStore
@@ -23,23 +26,11 @@ from store.settings import load_settings
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def user_messages(spec: EntitySpec, start: int, count: int, rng: random.Random) -> list:  # type: ignore[type-arg]
-    cls = spec.message_class
-    out = []
-    for user_id in range(start, start + count):
-        msg = cls(
-            user_id=user_id,
-            age=rng.randint(18, 90),
-            country=rng.choice(["JP", "FR", "DE", "US", "BR"]),
-            is_premium=rng.random() < 0.2,
-            lifetime_orders=rng.randint(0, 500),
-            avg_order_value=round(rng.uniform(5, 300), 2),
-            favorite_categories=rng.sample(["books", "games", "garden", "music", "toys", "food"], 2),
-            embedding=[rng.uniform(-1, 1) for _ in range(16)],
-        )
-        msg.event_time.FromDatetime(T0 + timedelta(seconds=rng.randint(0, 20 * 86400)))
-        out.append(msg)
-    return out
+def user_messages(spec: EntitySpec, start: int, count: int, rng: random.Random) -> list[Message]:
+    return [
+        random_user(spec, rng, user_id, T0 + timedelta(seconds=rng.randint(0, 20 * 86400)))
+        for user_id in range(start, start + count)
+    ]
 
 
 def percentiles(samples: list[float]) -> str:
@@ -76,7 +67,7 @@ def main() -> None:
         # Same rows again, older: every write must lose (stale), and it is the CAS path's worst case.
         stale = user_messages(spec, 1, min(args.rows, 100_000), random.Random(2))
         for msg in stale:
-            msg.event_time.FromDatetime(T0 - timedelta(days=1))
+            msg.event_time.FromDatetime(T0 - timedelta(days=1))  # type: ignore[attr-defined]
         t = time.perf_counter()
         result = store.write(spec, stale)
         took = time.perf_counter() - t

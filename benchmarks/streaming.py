@@ -24,27 +24,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sample_users import random_user
+
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def events(spec: Any, n: int, users: int, seed: int = 1) -> list[Any]:
     rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        m = spec.message_class(
-            user_id=rng.randint(1, users),
-            age=rng.randint(18, 90),
-            country=rng.choice(["JP", "FR", "DE", "US"]),
-            is_premium=rng.random() < 0.2,
-            lifetime_orders=i % 500,
-            avg_order_value=rng.uniform(5, 300),
-            favorite_categories=["books", "music"],
-            embedding=[rng.uniform(-1, 1) for _ in range(16)],
-        )
-        m.event_time.FromDatetime(T0 + timedelta(seconds=rng.randint(0, 20 * 86400)))
-        out.append(m)
-    return out
+    return [
+        random_user(spec, rng, rng.randint(1, users), T0 + timedelta(seconds=rng.randint(0, 20 * 86400)))
+        for _ in range(n)
+    ]
 
 
 def env_with(**values: str) -> dict[str, str]:

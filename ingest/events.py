@@ -66,10 +66,6 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def micros_of(moment: datetime | None) -> int:
-    return int(moment.timestamp() * 1_000_000) if moment is not None else time.time_ns() // 1_000
-
-
 def decode_event(
     registry: Registry,
     data: bytes,
@@ -101,7 +97,7 @@ def decode_event(
             publish_time=publish_time,
             ingest_time=datetime.fromtimestamp(ingest / 1_000_000, UTC),
         )
-    publish = micros_of(publish_time) if publish_time is not None else ingest
+    publish = int(publish_time.timestamp() * 1_000_000) if publish_time is not None else ingest
     return Event(spec.name, spec.version, message, message_id, publish, ingest)
 
 
