@@ -1,6 +1,6 @@
-"""The ingest pipelines, read top to bottom. Streaming: Pub/Sub -> decode/validate -> both stores, dead
-letters aside. Backfill: the same transforms in batch from JSONL files; parquet files in Arrow batches
-(ingest/parquet.py).
+"""The ingest pipelines, read top to bottom. Streaming: Pub/Sub -> decode/validate -> both stores, and the
+dead letters to their table and topic, in one step (ingest/transforms.py says why). Backfill: the same
+transforms in batch from JSONL files; parquet files in Arrow batches (ingest/parquet.py).
 
 Runners are always named: `BundleBasedDirectRunner` (streaming) and `FnApiRunner` (batch) locally, so Beam
 never tries to download Prism; `--runner DataflowRunner` (and any Beam option) passes through unchanged.
@@ -43,12 +43,11 @@ class ReadPubSubEvents(beam.PTransform):
 
 
 def build_stream(pipeline: beam.Pipeline, settings: Settings, routes: Sequence[Route]) -> None:
-    rejected = (
+    _ = (
         pipeline
         | "ReadPubSub" >> ReadPubSubEvents(routes)
-        | "DecodeValidateWrite" >> IngestEvents(settings)
+        | "DecodeValidateWrite" >> IngestEvents(settings, publish_dead_letters=True)
     )  # fmt: skip
-    rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=True)
 
 
 def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, version: int, inputs: list[str]) -> None:
@@ -58,13 +57,12 @@ def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, ver
     if jsonl:
         files = pipeline | "ListJsonl" >> beam.Create(jsonl) | "ReadJsonl" >> ReadJsonEvents(entity, version)
         rejected.append(files.dead_letters)
-        ingest = IngestEvents(settings, flush_every=BACKFILL_FLUSH_EVERY)
-        rejected.append(files.records | "DecodeValidateWrite" >> ingest)
+        _ = files.records | "DecodeValidateWrite" >> IngestEvents(settings, flush_every=BACKFILL_FLUSH_EVERY)
     if parquet:
         files = pipeline | "ListParquet" >> beam.Create(parquet)
         rejected.append(files | "BackfillParquet" >> BackfillParquet(settings, entity, version))
-    all_rejected = tuple(rejected) | "AllDeadLetters" >> beam.Flatten()
-    all_rejected | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
+    unreadable = tuple(rejected) | "Unreadable" >> beam.Flatten()
+    unreadable | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
 
 
 def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[PipelineOptions, Any]:

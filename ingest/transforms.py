@@ -1,7 +1,14 @@
 """The ingest job's building blocks, as small named PTransforms:
 
-    ReadPubSubEvents -> IngestEvents (decode, validate, offline history, online compare-and-set)
-                                     \-> dead letters -> WriteDeadLetters
+    ReadPubSubEvents -> IngestEvents (decode, validate; valid events to the offline history and the online
+                                      compare-and-set, rejected ones to the dead-letter table and topic)
+
+IngestEvents is one step on purpose. Beam's local runner pays a fixed cost per step and per bundle of ≤ 10
+messages, larger than decoding and both writes together, and schedules every downstream step for every
+bundle even when its input is empty: a separate dead-letter step cost 15% of streaming throughput (measured).
+On Dataflow the steps would be fused anyway. `WriteDeadLetters` remains for the rejects of other steps (the
+backfill's file readers). The rules are `ingest.events.decode_event`, the writes `StoreWriter` and
+`DeadLetterWriter`.
 
 DoFns carry the settings as JSON and take their store clients from `ingest.resources` in `setup()` (clients
 do not pickle, and are shared per process). Each write DoFn buffers per bundle and flushes every
@@ -87,10 +94,39 @@ class StoreWriter:
             self.lag.update((now_micros - (ts.seconds * 1_000_000 + ts.nanos // 1_000)) // 1_000)
 
 
+class DeadLetterWriter:
+    """Buffers dead letters; each flush appends them to the offline dead-letter table and, when publishing (the
+    streaming job), to the dead-letter topic. Every one is counted per reason and logged."""
+
+    def __init__(self, res: Resources, *, publish: bool, flush_every: int = FLUSH_EVERY) -> None:
+        self.res = res
+        self.publish = publish
+        self.flush_every = flush_every
+        self.letters: list[DeadLetter] = []
+
+    def add(self, letter: DeadLetter) -> None:
+        Metrics.counter(NAMESPACE, f"dead_letters_{letter.reason}").inc()
+        log.info("dead letter %s (%s): %s", letter.message_id, letter.reason, letter.detail)
+        self.letters.append(letter)
+        if len(self.letters) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.letters:
+            return
+        letters, self.letters = self.letters, []
+        until_stored(lambda: self.res.offline.write_dead_letters(letters), "dead-letter table write")
+        if self.publish:
+            publisher, topic = self.res.publisher, deadletter_topic_path(self.res.settings)
+            futures = [publisher.publish(topic, letter.data, **_dead_letter_attributes(letter)) for letter in letters]
+            until_stored(lambda: [f.result(timeout=30) for f in futures], "dead-letter topic publish")
+
+
 class _IngestEventsFn(IngestDoFn):
-    def __init__(self, settings: Settings, flush_every: int) -> None:
+    def __init__(self, settings: Settings, flush_every: int, publish_dead_letters: bool) -> None:
         super().__init__(settings)
         self.flush_every = flush_every
+        self.publish_dead_letters = publish_dead_letters
 
     def setup(self) -> None:
         super().setup()
@@ -99,6 +135,7 @@ class _IngestEventsFn(IngestDoFn):
 
     def start_bundle(self) -> None:
         self.writer = StoreWriter(self.res, self.flush_every)
+        self.dead_letters = DeadLetterWriter(self.res, publish=self.publish_dead_letters, flush_every=self.flush_every)
 
     def process(self, message: Any) -> Iterator[Any]:
         self.read.inc()
@@ -111,6 +148,7 @@ class _IngestEventsFn(IngestDoFn):
             parsed=getattr(message, "parsed", None),
         )
         if isinstance(result, DeadLetter):
+            self.dead_letters.add(result)
             yield result
         else:
             self.valid.inc()
@@ -118,60 +156,40 @@ class _IngestEventsFn(IngestDoFn):
 
     def finish_bundle(self) -> None:
         self.writer.flush()
+        self.dead_letters.flush()
 
 
 class IngestEvents(beam.PTransform):
-    """Pub/Sub messages (or records shaped like them) -> decoded, validated, written to both stores; the
-    output is the dead letters. One step on purpose: Beam's local runner pays a fixed cost per step and per
-    bundle of ≤ 10 messages, larger than decoding and both writes together (measured); on Dataflow the steps
-    would be fused anyway. The rules are `ingest.events.decode_event`, the writes `StoreWriter`."""
+    """Pub/Sub messages (or records shaped like them) -> decoded and validated; valid events written to both
+    stores, rejected ones to the dead-letter table (and topic, with `publish_dead_letters`). The output is the
+    dead letters, already written: for counting and tests, not for writing again."""
 
-    def __init__(self, settings: Settings, *, flush_every: int = FLUSH_EVERY) -> None:
+    def __init__(
+        self, settings: Settings, *, flush_every: int = FLUSH_EVERY, publish_dead_letters: bool = False
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.flush_every = flush_every
+        self.publish_dead_letters = publish_dead_letters
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
-        return messages | beam.ParDo(_IngestEventsFn(self.settings, self.flush_every))
+        return messages | beam.ParDo(_IngestEventsFn(self.settings, self.flush_every, self.publish_dead_letters))
 
 
 class _WriteDeadLettersFn(IngestDoFn):
     def __init__(self, settings: Settings, publish: bool) -> None:
         super().__init__(settings)
         self.publish = publish
-        self.letters: list[DeadLetter] = []
-
-    def setup(self) -> None:
-        super().setup()
-        self.store = self.res.offline
-        self.publisher = self.res.publisher if self.publish else None
-        settings = self.res.settings
-        self.topic = deadletter_topic_path(settings)
 
     def start_bundle(self) -> None:
-        self.letters = []
+        self.writer = DeadLetterWriter(self.res, publish=self.publish)
 
     def process(self, letter: DeadLetter) -> Iterator[Any]:
-        Metrics.counter(NAMESPACE, f"dead_letters_{letter.reason}").inc()
-        log.info("dead letter %s (%s): %s", letter.message_id, letter.reason, letter.detail)
-        self.letters.append(letter)
-        if len(self.letters) >= FLUSH_EVERY:
-            self._flush()
+        self.writer.add(letter)
         return iter(())
 
     def finish_bundle(self) -> None:
-        self._flush()
-
-    def _flush(self) -> None:
-        if not self.letters:
-            return
-        letters, self.letters = self.letters, []
-        until_stored(lambda: self.store.write_dead_letters(letters), "dead-letter table write")
-        if self.publisher is not None:
-            futures = [
-                self.publisher.publish(self.topic, letter.data, **_dead_letter_attributes(letter)) for letter in letters
-            ]
-            until_stored(lambda: [f.result(timeout=30) for f in futures], "dead-letter topic publish")
+        self.writer.flush()
 
 
 def _dead_letter_attributes(letter: DeadLetter) -> dict[str, str]:
@@ -184,8 +202,8 @@ def _dead_letter_attributes(letter: DeadLetter) -> dict[str, str]:
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Every rejected event, with its original bytes, attributes and reason: to the offline store's dead-letter
-    table and (streaming) to the dead-letter Pub/Sub topic."""
+    """Rejects of steps other than IngestEvents, with their original bytes, attributes and reason: to the offline
+    store's dead-letter table and, with `publish`, to the dead-letter Pub/Sub topic."""
 
     def __init__(self, settings: Settings, *, publish: bool) -> None:
         super().__init__()

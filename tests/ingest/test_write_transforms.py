@@ -19,7 +19,7 @@ from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
 from store.settings import load_settings
 
 
-def test_ingest_events_stores_valid_events_and_outputs_dead_letters(redis_url: str) -> None:
+def test_ingest_events_stores_valid_events_and_writes_dead_letters(redis_url: str) -> None:
     fs = FeatureStore.from_config()
     spec = fs.spec("user")
     attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
@@ -39,6 +39,9 @@ def test_ingest_events_stores_valid_events_and_outputs_dead_letters(redis_url: s
     rows = fs.get_online("user", [1, 2], features=["age"])
     assert [r["age"] if r else None for r in rows] == [40, 22]  # the newest by event time, whatever the order
     assert sorted(fs.offline.history(spec).column("message_id").to_pylist()) == ["m0", "m1", "m2", "m3"]
+    letters = fs.offline.dead_letters()
+    reasons = dict(zip(letters.column("message_id").to_pylist(), letters.column("reason").to_pylist(), strict=True))
+    assert reasons == {"bad": "undecodable", "m4": "missing_key"}
     fs.close()
 
 
