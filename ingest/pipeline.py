@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from ingest.parquet import BackfillParquet
 from ingest.pubsub import Route
+from ingest.resources import close_resources
 from ingest.sources import ReadJsonEvents
 from ingest.transforms import BACKFILL_FLUSH_EVERY, IngestEvents, WriteDeadLetters
 from store.settings import Settings
@@ -83,8 +84,11 @@ def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[Pipe
 
 def run_stream(settings: Settings, routes: Sequence[Route], beam_args: Sequence[str] = ()) -> None:
     options, runner = pipeline_options(beam_args, streaming=True)
-    with beam.Pipeline(runner=runner, options=options) as pipeline:
-        build_stream(pipeline, settings, routes)
+    try:
+        with beam.Pipeline(runner=runner, options=options) as pipeline:
+            build_stream(pipeline, settings, routes)
+    finally:
+        close_resources()  # a local job stopped with Ctrl-C leaves segments, not journals
 
 
 def run_backfill(
@@ -102,6 +106,9 @@ def run_backfill(
             direct.direct_running_mode = "multi_processing"
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_backfill(pipeline, settings, entity, version, [str(p) for p in inputs])
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        close_resources()  # in-process workers' journals become segments before anyone compacts
     return result

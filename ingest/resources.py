@@ -8,7 +8,6 @@ JSON and look their clients up here. On Dataflow this is also right: one connect
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any
 
@@ -56,10 +55,33 @@ class Resources:
                 self._publisher = pubsub_v1.PublisherClient()
             return self._publisher
 
+    def close(self) -> None:
+        with self._lock:
+            if self._offline is not None:
+                self._offline.close()  # its journals become segments
+            if self._online is not None:
+                self._online.close()
+            self._offline = self._online = None
 
-@functools.lru_cache(maxsize=8)
+
+_made: dict[str, Resources] = {}
+_made_lock = threading.Lock()
+
+
 def resources(settings_json: str) -> Resources:
-    return Resources(Settings.model_validate_json(settings_json))
+    with _made_lock:
+        if settings_json not in _made:
+            _made[settings_json] = Resources(Settings.model_validate_json(settings_json))
+        return _made[settings_json]
+
+
+def close_resources() -> None:
+    """Close the clients of this process's DoFns once its job is over."""
+    with _made_lock:
+        made = list(_made.values())
+        _made.clear()
+    for res in made:
+        res.close()
 
 
 class IngestDoFn(beam.DoFn):

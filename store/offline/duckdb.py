@@ -1,7 +1,9 @@
 """The embedded offline store: parquet segments on local disk (segments.py), queried with in-memory DuckDB.
 
-Writes are pyarrow only (a streaming batch of 10 rows costs one small file, no query engine); reads open
-a fresh in-memory DuckDB connection per call, so any number of processes can read while ingest writes.
+Writes are pyarrow only: a large batch becomes a parquet segment, a small one (the streaming job's) is
+appended to this process's journal in its partition, which becomes a segment when full or old (segments.py).
+Reads open a fresh in-memory DuckDB connection per call, so any number of processes can read while ingest
+writes; they see journals up to their last complete batch.
 Deduplication by message id: each written batch is deduplicated, and ids this process wrote recently are
 skipped (catches Pub/Sub redeliveries cheaply); every read then deduplicates partitions holding fresh
 segments, keeping each message id's earliest ingest, and `compact` folds those partitions into one
@@ -52,6 +54,9 @@ DEFAULT_COMPACT_AFTER = 256
 RECENT_IDS = 200_000
 READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it: list again and retry
 ROW_GROUP_ROWS = 122_880
+JOURNAL_BELOW_ROWS = 1_000  # smaller batches are journaled; at 1,000 rows a segment costs ~1 µs a row
+JOURNAL_MAX_ROWS = 100_000  # then the journal becomes a segment: readers hold journals in memory
+JOURNAL_MAX_SECONDS = 60.0
 _EPOCH_DAY = date(1970, 1, 1)
 
 
@@ -73,6 +78,7 @@ class DuckDBOfflineStore(OfflineStore):
         threads: int | None = None,
         temp_directory: Path | None = None,
         compact_after: int = DEFAULT_COMPACT_AFTER,
+        journal_below_rows: int = JOURNAL_BELOW_ROWS,
     ) -> None:
         self.root = Path(root)
         self.registry = registry
@@ -80,6 +86,10 @@ class DuckDBOfflineStore(OfflineStore):
         self.threads = threads
         self.temp_directory = temp_directory or self.root / ".tmp"
         self.compact_after = compact_after
+        self.journal_below_rows = journal_below_rows
+        self.journal_max_rows, self.journal_max_seconds = JOURNAL_MAX_ROWS, JOURNAL_MAX_SECONDS
+        self._journals: dict[Path, tuple[EntitySpec, segments.Journal]] = {}  # by partition
+        self._journal_lock = threading.Lock()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._recent_lock = threading.Lock()
         # Segments this process wrote per partition since it last looked: listing a partition on every small
@@ -127,12 +137,53 @@ class DuckDBOfflineStore(OfflineStore):
         touched = []
         for day, part in split_by_day(table, spec.event_time.name):
             partition_dir = table_dir / f"date={day.isoformat()}"
-            segments.write_segment(partition_dir, part)
-            touched.append(partition_dir)
+            if part.num_rows < self.journal_below_rows:
+                self._journal(spec, partition_dir, part)
+            else:
+                segments.write_segment(partition_dir, part)
+                touched.append(partition_dir)
         self._remember(table.column(MESSAGE_ID).to_pylist())
         for partition_dir in touched:
             self._maybe_compact(spec, partition_dir)
         return table.num_rows
+
+    def _journal(self, spec: EntitySpec, partition_dir: Path, part: pa.Table) -> None:
+        """Append to this process's journal in the partition; seal journals that are full or old, and turn
+        them into segments in the background."""
+        if part.schema.metadata:
+            part = part.replace_schema_metadata(None)
+        with self._journal_lock:
+            if partition_dir not in self._journals:
+                self._journals[partition_dir] = (spec, segments.Journal(partition_dir, arrow_schema(spec)))
+                self._in_background(self._convert_journals, spec, partition_dir)  # any left by dead writers
+            self._journals[partition_dir][1].append(part)
+            now = time.monotonic()
+            done = [
+                path
+                for path, (_, j) in self._journals.items()
+                if j.rows >= self.journal_max_rows or now - j.opened >= self.journal_max_seconds
+            ]
+            for path in done:
+                owner, journal = self._journals.pop(path)
+                journal.seal()
+                self._in_background(self._convert_journals, owner, path)
+
+    def flush_journals(self) -> int:
+        """Seal this store's journals and turn them into segments now; returns how many."""
+        with self._journal_lock:
+            sealed, self._journals = self._journals, {}
+            for _, journal in sealed.values():
+                journal.seal()
+        for _, journal in sealed.values():
+            segments.journal_to_segment(journal.path)
+        return len(sealed)
+
+    def _convert_journals(self, spec: EntitySpec, partition_dir: Path) -> None:
+        """Turn the partition's unheld journals (sealed ones, or those of writers that died) into segments,
+        then compact the partition if that is due."""
+        converted = [segments.journal_to_segment(p) for p in segments.read_partition(partition_dir).journals]
+        if any(converted) and self.compact_after > 0 and self._due(segments.read_partition(partition_dir)):
+            self._compact_partition(spec, partition_dir)
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         if not letters:
@@ -168,9 +219,10 @@ class DuckDBOfflineStore(OfflineStore):
         """Fold every partition with at least `min_fresh` fresh segments into one deduplicated file, sorted by
         key and event time. Safe while ingest writes and exports read; a partition another process is
         compacting is skipped."""
+        self.flush_journals()
         done = CompactionResult(spec.table_name, 0, 0, 0)
         for partition in segments.partitions(self.root / spec.table_name):
-            if len(partition.fresh) >= min_fresh and not partition.is_clean:
+            if (len(partition.fresh) >= min_fresh or partition.journals) and not partition.is_clean:
                 merged = self._compact_partition(spec, partition.path)
                 if merged is not None:
                     done = CompactionResult(
@@ -191,10 +243,21 @@ class DuckDBOfflineStore(OfflineStore):
         with self._recent_lock:  # writers may share this store across threads
             if partition_dir in self._compacting:
                 return
+            self._compacting.add(partition_dir)
+        self._in_background(self._compact_in_background, spec, partition_dir)
+
+    def _in_background(self, work: Any, spec: EntitySpec, partition_dir: Path) -> None:
+        with self._recent_lock:
             if self._compactor is None:
                 self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fstore-compact")
-            self._compacting.add(partition_dir)
-            self._compactor.submit(self._compact_in_background, spec, partition_dir)
+            self._compactor.submit(self._logged, work, spec, partition_dir)
+
+    @staticmethod
+    def _logged(work: Any, spec: EntitySpec, partition_dir: Path) -> None:
+        try:
+            work(spec, partition_dir)
+        except Exception:  # losing nothing: journals and segments stay as they are, the next attempt retries
+            log.exception("background %s of %s failed; its files are kept as they are", work.__name__, partition_dir)
 
     def _due(self, partition: segments.Partition) -> bool:
         """Compaction rewrites the whole day, so rewriting it every `compact_after` segments would cost O(n²)
@@ -216,24 +279,26 @@ class DuckDBOfflineStore(OfflineStore):
     def _compact_in_background(self, spec: EntitySpec, partition_dir: Path) -> None:
         try:
             self._compact_partition(spec, partition_dir)
-        except Exception:  # a failed compaction loses nothing: the segments stay, the next attempt retries
-            log.exception("compaction of %s failed; its segments are kept as they are", partition_dir)
         finally:
             self._compacting.discard(partition_dir)
 
     def close(self) -> None:
-        """Wait for a compaction in progress (it is safe to interrupt, but finishing it is cheaper)."""
+        """Turn this store's journals into segments, and wait for background work in progress (it is safe to
+        interrupt, but finishing it is cheaper)."""
         if self._compactor is not None:
             self._compactor.shutdown(wait=True)
             self._compactor = None
+        self.flush_journals()
 
     def _compact_partition(self, spec: EntitySpec, partition_dir: Path) -> tuple[int, int] | None:
         with segments.compaction_lock(partition_dir) as mine:
             if not mine:
                 return None
+            for journal in segments.read_partition(partition_dir).journals:
+                segments.journal_to_segment(journal)  # those no writer holds
             partition = segments.read_partition(partition_dir)
-            if partition.is_clean or not partition.files:
-                return None
+            if not partition.fresh:
+                return None  # one compacted file (journals being written aside) is as compact as it gets
             target = segments.next_compacted_path(partition)
             tmp = target.with_name(f".{target.name}.tmp")
             sql = duckdb_compaction_sql(spec.key.name, spec.event_time.name, [str(p) for p in partition.files])
@@ -280,10 +345,15 @@ class DuckDBOfflineStore(OfflineStore):
         """Max ingest time (µs) stored for the entity version; None when it has no rows."""
 
         def query(con: duckdb.DuckDBPyConnection) -> int | None:
-            files = [str(p) for part in segments.partitions(self.root / spec.table_name) for p in part.files]
-            if not files:
+            sources = _sources(con, self.root / spec.table_name)
+            if sources.empty:
                 return None
-            row = con.execute(f"SELECT epoch_us(max({INGEST_TIME})) FROM read_parquet({_file_list(files)})").fetchone()
+            files, rows = sources.clean + sources.mixed, []
+            if files:
+                rows.append(f"SELECT max({INGEST_TIME}) AS t FROM read_parquet({_file_list(files)})")
+            if sources.journal:
+                rows.append(f"SELECT max({INGEST_TIME}) AS t FROM {sources.journal}")
+            row = con.execute(f"SELECT epoch_us(max(t)) FROM ({' UNION ALL '.join(rows)})").fetchone()
             return None if row is None or row[0] is None else int(row[0])
 
         result: int | None = self._read(query)
@@ -338,11 +408,12 @@ class DuckDBOfflineStore(OfflineStore):
             con.register(SPINE_VIEW, spine_table)
             histories = {}
             for j in plan.joins:
-                listing = segments.listing(self.root / j.spec.table_name)
+                sources = _sources(con, self.root / j.spec.table_name)
                 empty = self._register_empty(con, j.spec)
                 filters = history_filters(j, plan.spine.time_bounds, "duckdb")
-                clean, mixed = [str(p) for p in listing.clean], [str(p) for p in listing.mixed]
-                histories[j.spec.table_name] = duckdb_export_source(j, clean, mixed, filters, empty)
+                histories[j.spec.table_name] = duckdb_export_source(
+                    j, sources.clean, sources.mixed, filters, empty, sources.journal
+                )
             sql = duckdb_export_sql(plan, SPINE_VIEW, histories)
             copy = f"COPY ({sql}) TO '{_escape(str(tmp))}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
             _execute_with_progress(con, copy, plan.spine.rows, progress and sys.stderr.isatty())
@@ -381,6 +452,9 @@ class DuckDBOfflineStore(OfflineStore):
             with self._connect(memory_limit, threads) as con:
                 try:
                     return query(con)
+                except FileNotFoundError:  # a journal turned into a segment meanwhile
+                    if attempt == READ_ATTEMPTS - 1:
+                        raise
                 except duckdb.IOException as exc:
                     if attempt == READ_ATTEMPTS - 1 or (
                         "No files found" not in str(exc) and "No such file" not in str(exc)
@@ -390,9 +464,9 @@ class DuckDBOfflineStore(OfflineStore):
         raise AssertionError("unreachable")
 
     def _history_sql(self, con: duckdb.DuckDBPyConnection, spec: EntitySpec, filters: list[str]) -> str:
-        listing = segments.listing(self.root / spec.table_name)
+        sources = _sources(con, self.root / spec.table_name)
         empty = self._register_empty(con, spec)
-        return duckdb_history([str(p) for p in listing.clean], [str(p) for p in listing.mixed], filters, empty)
+        return duckdb_history(sources.clean, sources.mixed, filters, empty, sources.journal)
 
     def _register_empty(self, con: duckdb.DuckDBPyConnection, spec: EntitySpec) -> str:
         """An empty table of the entity's schema: what a table with no files reads as."""
@@ -439,12 +513,36 @@ def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.T
         yield _EPOCH_DAY + timedelta(days=day), table.filter(pa.array(days == day))
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What a read of one table uses: files already unique by message id, files that need deduplication,
+    and the view of its journals' rows (which need it too), if any."""
+
+    clean: list[str]
+    mixed: list[str]
+    journal: str | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.clean and not self.mixed and not self.journal
+
+
+def _sources(con: duckdb.DuckDBPyConnection, table_dir: Path) -> Sources:
+    listing = segments.listing(table_dir)
+    journal = segments.read_journals(listing.journals)
+    view = None
+    if journal is not None:
+        view = f"__fstore_journal_{table_dir.name}"
+        con.register(view, journal)
+    return Sources([str(p) for p in listing.clean], [str(p) for p in listing.mixed], view)
+
+
 def _table_stats(con: duckdb.DuckDBPyConnection, table_dir: Path, spec: EntitySpec | None) -> Any:
     """Rows, first/last event time and last ingest time (µs) of one table, each message id once."""
-    listing = segments.listing(table_dir)
-    if listing.empty:
+    sources = _sources(con, table_dir)
+    if sources.empty:
         return (0, None, None, None)
-    source = duckdb_history([str(p) for p in listing.clean], [str(p) for p in listing.mixed], [], "")
+    source = duckdb_history(sources.clean, sources.mixed, [], "", sources.journal)
     t = quote(spec.event_time.name if spec else "event_time")
     return con.execute(
         f"SELECT count(*), epoch_us(min({t})), epoch_us(max({t})), epoch_us(max({INGEST_TIME})) FROM ({source})"

@@ -58,18 +58,22 @@ def duckdb_file_list(paths: Sequence[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def duckdb_history(clean: Sequence[str], mixed: Sequence[str], filters: Sequence[str], empty_view: str) -> str:
+def duckdb_history(
+    clean: Sequence[str], mixed: Sequence[str], filters: Sequence[str], empty_view: str, journal: str | None = None
+) -> str:
     """One table's rows, each message id once. `clean` files are already unique by message id (compacted
-    partitions); `mixed` ones (partitions with fresh segments) are deduplicated, keeping the earliest ingest."""
+    partitions); `mixed` ones (partitions with fresh segments or journals) and the `journal` view (the rows
+    of journals) are deduplicated together, keeping the earliest ingest."""
     where = " WHERE " + " AND ".join(filters) if filters else ""
     parts = []
     if clean:
         parts.append(f"SELECT * FROM read_parquet({duckdb_file_list(clean)}, union_by_name = true){where}")
-    if mixed:
-        parts.append(
-            f"SELECT * FROM read_parquet({duckdb_file_list(mixed)}, union_by_name = true){where} "
-            f"QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1"
-        )
+    unsure = [f"SELECT * FROM read_parquet({duckdb_file_list(mixed)}, union_by_name = true)"] if mixed else []
+    if journal:
+        unsure.append(f"SELECT * FROM {journal}")
+    if unsure:
+        rows = unsure[0] if len(unsure) == 1 else "SELECT * FROM (" + " UNION ALL BY NAME ".join(unsure) + ")"
+        parts.append(f"{rows}{where} QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1")
     if not parts:
         parts.append(f"SELECT * FROM {empty_view}")
     return "\n  UNION ALL BY NAME\n  ".join(parts)
@@ -86,7 +90,12 @@ def duckdb_compaction_sql(key: str, time: str, files: Sequence[str]) -> str:
 
 
 def duckdb_export_source(
-    join: EntityJoin, clean: Sequence[str], mixed: Sequence[str], filters: Sequence[str], empty_view: str
+    join: EntityJoin,
+    clean: Sequence[str],
+    mixed: Sequence[str],
+    filters: Sequence[str],
+    empty_view: str,
+    journal: str | None = None,
 ) -> str:
     """What the ASOF join reads of one table: per (key, event time), only the row that wins the tie-break
     (latest ingest time, then greatest message id), each message id once, nothing past the high-water mark.
@@ -100,8 +109,8 @@ def duckdb_export_source(
             f"SELECT * FROM read_parquet({duckdb_file_list(clean)}, union_by_name = true)\n"
             f"  WHERE {where} AND ({SUPERSEDED_AT} IS NULL OR {SUPERSEDED_AT} > {mark})"
         )
-    if mixed:
-        unique = duckdb_history([], mixed, filters, empty_view)
+    if mixed or journal:
+        unique = duckdb_history([], mixed, filters, empty_view, journal)
         latest_first = f"{INGEST_TIME} DESC, {MESSAGE_ID} DESC"
         parts.append(
             f"SELECT * FROM ({unique})\n"

@@ -95,8 +95,10 @@ def bigquery_answer(offline: DuckDBOfflineStore, plan: Any) -> list[dict[str, An
     con.execute(f"ATTACH ':memory:' AS \"{PROJECT}\"")
     con.execute(f'CREATE SCHEMA "{PROJECT}".{DATASET}')
     for j in plan.joins:
-        files = [str(p) for part in segments.partitions(offline.root / j.spec.table_name) for p in part.files]
-        raw = pq.read_table(files[0]) if len(files) == 1 else pa.concat_tables(pq.read_table(f) for f in files)
+        parts = segments.partitions(offline.root / j.spec.table_name)
+        tables = [pq.read_table(p) for part in parts for p in part.files]
+        tables += [segments.read_journal(p) for part in parts for p in part.journals]
+        raw = pa.concat_tables([t for t in tables if t is not None], promote_options="default")
         con.register("raw", raw)
         con.execute(f'CREATE TABLE "{PROJECT}".{DATASET}.{j.spec.table_name} AS SELECT * FROM raw')
         con.unregister("raw")

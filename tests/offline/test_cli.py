@@ -76,5 +76,8 @@ def test_ledger_and_compact(configured: DuckDBOfflineStore) -> None:
         "last_event_time": "2026-03-01T00:00:03Z",
         "last_ingest_time": "2026-03-01T00:00:04Z",
     }
+    result = runner.invoke(app, ["compact", "--entity", "user"])  # the writer is still open: its journal stays
+    assert result.exit_code == 0 and "user/v1: 0 day partition(s) compacted, 0 file(s) merged" in result.output
+    configured.close()  # the writer is done: its journal becomes a segment
     result = runner.invoke(app, ["compact", "--entity", "user"])
     assert result.exit_code == 0 and "user/v1: 1 day partition(s) compacted, 1 file(s) merged" in result.output

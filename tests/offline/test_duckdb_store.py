@@ -55,14 +55,14 @@ def test_duplicates_are_stored_once(offline: DuckDBOfflineStore, user: EntitySpe
 
 
 def test_compaction_merges_and_dedups(offline: DuckDBOfflineStore, user: EntitySpec) -> None:
-    for n in range(5):
+    for n in range(5):  # small batches: one journal
         offline.write(user, rows(user, {"key": n % 2, "t": n, "id": f"m{n}", "age": n}))
-    DuckDBOfflineStore(offline.root, offline.registry).write(
-        user, rows(user, {"key": 0, "t": 0, "id": "m0", "ingest": 99})
-    )
+    other_process = DuckDBOfflineStore(offline.root, offline.registry)
+    other_process.write(user, rows(user, {"key": 0, "t": 0, "id": "m0", "ingest": 99}))
+    other_process.close()  # its journal becomes a segment
     before = offline.history(user)
-    result = offline.compact(user)
-    assert (result.partitions, result.files_merged, result.rows) == (1, 6, 5)
+    result = offline.compact(user)  # this store's journal becomes a segment, then both are merged
+    assert (result.partitions, result.files_merged, result.rows) == (1, 2, 5)
     files = [p.name for p in (offline.root / "user_v1" / "date=2026-03-01").glob("*.parquet")]
     assert files == ["compacted-000000.parquet"]
     assert offline.history(user) == before
@@ -73,7 +73,7 @@ def test_compaction_merges_and_dedups(offline: DuckDBOfflineStore, user: EntityS
 
 
 def test_automatic_compaction(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
-    store = DuckDBOfflineStore(tmp_path / "o", registry, compact_after=4)
+    store = DuckDBOfflineStore(tmp_path / "o", registry, compact_after=4, journal_below_rows=0)  # segments only
     for n in range(9):
         store.write(user, rows(user, {"key": 1, "t": n, "id": f"m{n}"}))
     store.close()  # compaction runs in the background; close waits for it

@@ -1,0 +1,94 @@
+"""Journals: small batches (the streaming job's) are appended to a per-writer Arrow IPC journal, readable at
+once, and become parquet segments when full, old, closed, or left behind by a writer that died."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from store.offline import segments
+from store.offline.duckdb import DuckDBOfflineStore
+from store.offline.schema import arrow_schema
+from store.registry import EntitySpec, Registry
+from tests.offline.conftest import at, rows
+
+DAY = "date=2026-03-01"
+
+
+def files(store: DuckDBOfflineStore, suffix: str) -> list[Path]:
+    return sorted(p for p in (store.root / "user_v1" / DAY).glob(f"*{suffix}") if not p.name.startswith("."))
+
+
+def test_small_batches_are_journaled_and_read_at_once(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
+    store = DuckDBOfflineStore(tmp_path / "o", registry)
+    for n in range(3):
+        store.write(user, rows(user, {"key": n, "t": n, "id": f"m{n}", "age": 20 + n}))
+    assert files(store, ".parquet") == [] and len(files(store, ".arrows")) == 1
+    reader = DuckDBOfflineStore(tmp_path / "o", registry)  # another process's view
+    assert [r["age"] for r in reader.history(user).to_pylist()] == [20, 21, 22]
+    assert reader.ledger()[0].rows == 3
+    assert reader.high_water_mark(user) == int(at(3).timestamp() * 1_000_000)
+    store.close()
+    assert len(files(store, ".parquet")) == 1 and files(store, ".arrows") == []
+    assert [r["age"] for r in reader.history(user).to_pylist()] == [20, 21, 22]
+
+
+def test_large_batches_skip_the_journal(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
+    store = DuckDBOfflineStore(tmp_path / "o", registry, journal_below_rows=3)
+    store.write(user, rows(user, *({"key": n, "t": n} for n in range(3))))
+    assert len(files(store, ".parquet")) == 1 and files(store, ".arrows") == []
+    store.close()
+
+
+def test_full_or_old_journals_become_segments(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
+    store = DuckDBOfflineStore(tmp_path / "o", registry)
+    store.journal_max_rows = 4
+    for n in range(5):
+        store.write(user, rows(user, {"key": n, "t": n}))
+    store.journal_max_seconds = 0.05
+    time.sleep(0.1)
+    store.write(user, rows(user, {"key": 9, "t": 9}))  # the 5th row's journal is old by now
+    store.close()
+    assert len(files(store, ".parquet")) == 2 and files(store, ".arrows") == []
+    assert store.history(user).num_rows == 6
+
+
+def test_a_dead_writers_journal_is_read_up_to_its_last_whole_batch_then_compacted(
+    tmp_path: Path, registry: Registry, user: EntitySpec
+) -> None:
+    store = DuckDBOfflineStore(tmp_path / "o", registry)
+    store.write(user, rows(user, {"key": 1, "t": 0, "id": "a"}))
+    partition = tmp_path / "o" / "user_v1" / DAY
+    dead = segments.Journal(partition, arrow_schema(user))
+    dead.append(rows(user, {"key": 2, "t": 1, "id": "b"}))
+    dead.append(rows(user, {"key": 1, "t": 0, "id": "a", "ingest": 50}))  # a redelivery, stored twice
+    stream = pa.BufferOutputStream()
+    with pa.ipc.new_stream(stream, arrow_schema(user)) as writer:
+        writer.write_table(rows(user, {"key": 3, "t": 2, "id": "c"}))
+    with open(dead.path, "ab") as f:  # the writer dies in the middle of its next append
+        f.write(stream.getvalue().to_pybytes()[:-40])
+    del dead  # its process is gone: the lock with it
+
+    def seen() -> list[tuple[str, float]]:
+        return [(r["message_id"], r["ingest_time"].timestamp()) for r in store.history(user).to_pylist()]
+
+    assert seen() == [("a", at(1).timestamp()), ("b", at(2).timestamp())]  # "c" was never whole; "a" once
+    result = store.compact(user)
+    assert (result.partitions, result.files_merged) == (1, 2)
+    assert [p.name for p in files(store, "")] == ["compacted-000000.parquet"]
+    assert seen() == [("a", at(1).timestamp()), ("b", at(2).timestamp())]
+
+
+def test_a_live_writers_journal_is_left_alone(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
+    writer = DuckDBOfflineStore(tmp_path / "o", registry)
+    writer.write(user, rows(user, {"key": 1, "t": 0, "id": "a"}))
+    other = DuckDBOfflineStore(tmp_path / "o", registry, journal_below_rows=0)
+    other.write(user, rows(user, {"key": 1, "t": 0, "id": "a", "ingest": 30}))  # a redelivery, as a segment
+    other.compact(user)
+    assert [p.name for p in files(writer, ".parquet")] == ["compacted-000000.parquet"]
+    assert len(files(writer, ".arrows")) == 1  # still being written: not clean, so reads deduplicate it
+    assert [r["ingest_time"] for r in other.history(user).to_pylist()] == [at(1)]
+    writer.close()
+    other.close()
