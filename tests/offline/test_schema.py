@@ -1,5 +1,6 @@
-"""`messages_to_table` (cached per-spec plan, timestamps built directly, repeated fields read without a copy)
-builds exactly the table the straightforward conversion builds, for every kind of field."""
+"""`messages_to_table` (cached per-spec plan, small batches converted row-wise, timestamps built directly,
+repeated fields read without a copy) builds exactly the table the plain conversion builds, for every kind
+of field."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2
 from google.protobuf.message import Message
 
 from store.events import event_time_micros, field_reader
-from store.offline.schema import TIMESTAMP, arrow_schema, arrow_type, messages_to_table
+from store.offline.schema import ROW_WISE_MAX_ROWS, TIMESTAMP, arrow_schema, arrow_type, messages_to_table
 from store.registry import EntitySpec, FieldSpec
 
 F = descriptor_pb2.FieldDescriptorProto
@@ -153,6 +154,17 @@ def test_messages_to_table_is_the_plain_conversion(key_kind: str) -> None:
     for n in (0, 1):
         head = messages_to_table(spec, messages[:n], tuple(ingest[:n]), tuple(ids[:n]))
         assert head.equals(expected.slice(0, n)) and head.schema == expected.schema
+
+
+@pytest.mark.parametrize("rows", [ROW_WISE_MAX_ROWS, ROW_WISE_MAX_ROWS + 1])
+def test_row_wise_and_column_wise_build_the_same_table(rows: int) -> None:
+    spec = every_kind_spec("int64")
+    messages = (sample_messages(spec) * rows)[:rows]
+    ingest = list(range(rows))
+    ids = [f"m{i}" for i in range(rows)]
+    table = messages_to_table(spec, messages, ingest, ids)
+    expected = table_the_plain_way(spec, messages, ingest, ids)
+    assert table.schema.equals(expected.schema, check_metadata=True) and table.equals(expected)
 
 
 def test_arrow_schema_is_cached_per_spec() -> None:
