@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import threading
@@ -20,7 +21,7 @@ from store import FeatureStore
 from store.cli import app
 from store.errors import InvalidIdError, StoreUnavailableError, UnknownEntityError, UnknownFeatureError
 from store.local_services import RedisServer
-from store.online.redis import RedisOnlineStore, row_key
+from store.online.redis import COMPARE_AND_SET, RedisOnlineStore, _evalsha_head, _pack_evalsha, row_key
 from store.registry import EntitySpec, Registry
 from store.settings import RedisSettings
 
@@ -47,6 +48,22 @@ def store(redis_url: str) -> RedisOnlineStore:
 
 def countries(store: RedisOnlineStore, spec: EntitySpec, ids: list[int]) -> list[str | None]:
     return [r["country"] if r else None for r in store.read(spec, ids, (spec.feature("country"),))]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "event", "publish", "expires_ms"),
+    [
+        (b"fs:user:v1:7", b"\x00\r\n\xff" * 40, 1_772_000_000_123_456, 1_772_000_000_200_000, 1_774_592_000_123),
+        (b"k", b"", 0, 0, 0),
+    ],
+)
+def test_hand_packed_evalsha_is_what_redis_py_packs(
+    key: bytes, value: bytes, event: int, publish: int, expires_ms: int
+) -> None:
+    sha = hashlib.sha1(COMPARE_AND_SET).hexdigest()
+    packed = _pack_evalsha(_evalsha_head(sha), key, value, event, publish, expires_ms)
+    expected = redis.Connection().pack_command("EVALSHA", sha, 1, key, value, event, publish, expires_ms)
+    assert packed == b"".join(expected)
 
 
 def test_out_of_order_events_leave_the_newest(store: RedisOnlineStore, spec: EntitySpec) -> None:
