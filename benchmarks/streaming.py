@@ -257,7 +257,7 @@ def freshness(args: argparse.Namespace) -> None:
 
         def poll() -> None:
             while not stop.is_set():
-                pending = [i for i in sent if i not in seen]
+                pending = [i for i in list(sent) if i not in seen]
                 if pending:
                     values = client.mget([f"fs:user:v1:{i}" for i in pending])
                     now = time.time()
@@ -266,8 +266,34 @@ def freshness(args: argparse.Namespace) -> None:
                             seen[i] = now
                 time.sleep(0.002)
 
-        poller = threading.Thread(target=poll)
-        poller.start()
+        offline_seen: dict[int, float] = {}
+        table_dir = stack.tmp / "offline" / "user_v1"
+
+        def poll_offline() -> None:
+            """What a reader of the offline store sees (its journals and segments), every 5 ms."""
+            from store.offline import segments
+
+            read: set[Path] = set()
+            while not stop.is_set():
+                listing = segments.listing(table_dir)
+                try:
+                    tables = [segments.read_journals(listing.journals)]
+                except FileNotFoundError:  # turned into a segment since the listing
+                    continue
+                for path in set(listing.mixed + listing.clean) - read:
+                    tables.append(pq.read_table(path, columns=["user_id"]))
+                    read.add(path)
+                now = time.time()
+                for table in tables:
+                    for user_id in [] if table is None else table.column("user_id").to_pylist():
+                        offline_seen.setdefault(user_id, now)
+                time.sleep(0.005)
+
+        import pyarrow.parquet as pq
+
+        pollers = [threading.Thread(target=poll), threading.Thread(target=poll_offline)]
+        for poller in pollers:
+            poller.start()
         interval = 1 / args.rate
         msgs = events(spec, args.events, 1, seed=3)
         for n, m in enumerate(msgs):
@@ -279,18 +305,12 @@ def freshness(args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 30
         while len(seen) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
+        while any(i not in offline_seen for i in list(sent)) and time.monotonic() < deadline:
+            time.sleep(0.1)
         stop.set()
-        poller.join()
+        for poller in pollers:
+            poller.join()
         kill(job)
-        # Offline: each streaming bundle is one parquet segment (compaction off here), so a segment's mtime is
-        # when its events became readable offline.
-        import pyarrow.parquet as pq
-
-        offline_seen: dict[int, float] = {}
-        for path in (stack.tmp / "offline" / "user_v1").rglob("*.parquet"):
-            written = path.stat().st_mtime
-            for user_id in pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist():
-                offline_seen[user_id] = written
         both = {i: max(seen[i], offline_seen[i]) for i in seen if i in offline_seen}
         for label, times in (("readable online", seen), ("written offline", offline_seen), ("both", both)):
             lat = sorted((times[i] - sent[i]) * 1000 for i in times if i in sent)
