@@ -371,7 +371,8 @@ def backfill(args: argparse.Namespace) -> None:
             )
             took = time.perf_counter() - t
             print(f"backfill {name}: {args.events:,} events in {took:.1f} s = {args.events / took:,.0f} events/s")
-            print("   " + (proc.stdout.strip().splitlines() or [proc.stderr[-500:]])[0])
+            for line in proc.stdout.strip().splitlines() or [proc.stderr[-500:]]:
+                print("   " + line)
 
 
 def main() -> None:
