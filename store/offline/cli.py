@@ -106,7 +106,7 @@ def ledger(json_output: bool = typer.Option(False, "--json", help="Print a JSON 
 def compact(
     entity: str | None = typer.Option(None, "--entity", help="Only this entity (default: every entity version)."),
 ) -> None:
-    """Merge the embedded store's small parquet segments (one per ingest batch) into one file per day."""
+    """Merge the embedded store's segments, and the journals of writers that are done, into one file per day."""
     from store import FeatureStore
     from store.errors import SettingsError
     from store.offline.duckdb import DuckDBOfflineStore
