@@ -3,6 +3,7 @@ once, and become parquet segments when full, old, closed, or left behind by a wr
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -92,3 +93,32 @@ def test_a_live_writers_journal_is_left_alone(tmp_path: Path, registry: Registry
     assert [r["ingest_time"] for r in other.history(user).to_pylist()] == [at(1)]
     writer.close()
     other.close()
+
+
+def test_reads_during_appends_and_conversions_see_whole_batches(
+    tmp_path: Path, registry: Registry, user: EntitySpec
+) -> None:
+    writer = DuckDBOfflineStore(tmp_path / "o", registry)
+    writer.journal_max_rows = 15  # journals keep turning into segments while the reader reads
+    reader = DuckDBOfflineStore(tmp_path / "o", registry)
+    batches, size = 60, 3
+    done = threading.Event()
+
+    def write() -> None:
+        for b in range(batches):
+            writer.write(user, rows(user, *({"key": b * size + i, "t": b} for i in range(size))))
+            time.sleep(0.005)  # a stream, not a burst: the reader reads many states
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    counts = []
+    while not done.is_set() or not counts or counts[-1] < batches * size:
+        counts.append(reader.history(user).num_rows)
+        if done.is_set() and len(counts) > 1000:
+            break
+    thread.join()
+    writer.close()
+    assert all(c % size == 0 for c in counts)  # never part of a batch
+    assert counts == sorted(counts) and counts[-1] == batches * size  # never a row lost, then found again
+    assert files(writer, ".arrows") == [] and reader.history(user).num_rows == batches * size
