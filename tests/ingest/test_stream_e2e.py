@@ -97,7 +97,7 @@ def test_stream_end_to_end(redis_url: str, names: dict[str, str], stream_job: An
         publisher.create_topic(name=t)
     dlq_sub = subscriber.subscription_path(PROJECT, f"dlq-watch-{names['topic']}")
     subscriber.create_subscription(name=dlq_sub, topic=dlq_topic)
-    stream_job()
+    job = stream_job()
     job_sub = subscriber.subscription_path(PROJECT, names["subscription"])
     wait_for(lambda: _exists(subscriber, job_sub), 60, "the job's subscription")
 
@@ -155,6 +155,11 @@ def test_stream_end_to_end(redis_url: str, names: dict[str, str], stream_job: An
     pulled = subscriber.pull(subscription=dlq_sub, max_messages=50, timeout=10)
     reasons = sorted(m.message.attributes["fstore_reason"] for m in pulled.received_messages)
     assert len(reasons) == len(invalid) and "unknown_fingerprint" in reasons
+
+    os.killpg(job.pid, signal.SIGINT)  # Ctrl-C: the job stops, and its offline journal becomes a segment
+    job.wait(timeout=60)
+    assert not list(offline.root.rglob("*.arrows"))
+    assert offline.history(spec).num_rows == expected_offline
     fs.close()
 
 
