@@ -3,6 +3,7 @@ then prints write throughput, `get_online` latency for 1 / 100 / 1,000 ids and R
 
     .venv/bin/python benchmarks/online.py            # 1,000,000 rows (the issue's size)
     .venv/bin/python benchmarks/online.py --rows 100000 --reads 500
+    .venv/bin/python benchmarks/online.py --cluster 3   # a Redis Cluster of 3 primaries (Memorystore cluster)
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
+import redis
 from google.protobuf.message import Message
 from sample_users import random_user
 
 from store import FeatureStore
-from store.local_services import RedisServer
+from store.local_services import RedisClusterServers, RedisServer
 from store.online.redis import RedisOnlineStore
 from store.registry import EntitySpec, Registry
-from store.settings import load_settings
+from store.settings import RedisSettings, load_settings
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -45,14 +47,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--reads", type=int, default=2_000, help="get_online calls per size")
+    parser.add_argument("--cluster", type=int, default=0, help="primaries of a Redis Cluster (default: one Redis)")
     args = parser.parse_args()
 
     registry = Registry.default()
     spec = registry.get("user")
     rng = random.Random(1)
-    with RedisServer() as server:
-        store = RedisOnlineStore(server.url)
+    server = RedisClusterServers(args.cluster) if args.cluster else RedisServer()
+    with server:
+        nodes = server.nodes if isinstance(server, RedisClusterServers) else [server]
+        store = RedisOnlineStore(server.url, RedisSettings(cluster=bool(args.cluster)))
         fs = FeatureStore(load_settings(redis_url=server.url), registry=registry, online=store)
+        print(f"Redis: {f'a cluster of {args.cluster} primaries' if args.cluster else 'one server'}")
 
         # Build messages outside the timed section: we time the store, not the test data generator.
         write_time = 0.0
@@ -76,8 +82,7 @@ def main() -> None:
         del chunk, stale
         gc.collect()  # the generated test messages are garbage now; don't let them skew read latencies
 
-        client = store._client
-        used = int(client.info("memory")["used_memory"])
+        used = sum(int(redis.Redis.from_url(n.url).info("memory")["used_memory"]) for n in nodes)
         sample = [store.memory_usage(spec, rng.randint(1, args.rows)) or 0 for _ in range(1000)]
         print(
             f"memory: used_memory {used / args.rows:,.0f} bytes/row overall; "
