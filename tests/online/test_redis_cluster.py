@@ -87,3 +87,39 @@ async def test_feature_store_on_a_cluster(
         assert [r["age"] if r else None for r in rows] == [3, 4]
         assert fs.online._client.get(row_key(spec, 3)) is not None  # type: ignore[attr-defined]
         await fs.online.aclose()  # type: ignore[attr-defined]
+
+
+def _move_slot(cluster: RedisClusterServers, slot: int, source: int, target: int) -> None:
+    """Migrate one slot and its keys between primaries (ports), as a resharding would."""
+    src, dst = redis.Redis(host="127.0.0.1", port=source), redis.Redis(host="127.0.0.1", port=target)
+    src_id, dst_id = (c.execute_command("CLUSTER", "MYID").decode() for c in (src, dst))
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    for key in src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
+        src.execute_command("MIGRATE", "127.0.0.1", target, key, 0, 5000)
+    for node in cluster.nodes:
+        redis.Redis(host="127.0.0.1", port=node.port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+def test_reads_follow_a_slot_that_moved(
+    cluster: RedisClusterServers, store: RedisOnlineStore, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = registry.get("user")
+    ids = list(range(1, 201))
+    store.write(spec, [user(spec, i, datetime.now(UTC), age=i) for i in ids])
+    assert store._cluster is not None
+    key = row_key(spec, 7)
+    source = store._cluster.get_node_from_key(key).port
+    target = next(n.port for n in cluster.nodes if n.port != source)
+    slot = store._cluster.keyslot(key)
+    _move_slot(cluster, slot, source, target)  # the store's slot map is now stale for this slot
+    reread: list[bytes] = []
+    follow = store._cluster.mget_nonatomic
+    monkeypatch.setattr(store._cluster, "mget_nonatomic", lambda keys: reread.extend(keys) or follow(keys))
+    try:
+        assert store._cluster.get_node_from_key(key).port == source
+        rows = store.read(spec, ids, (spec.feature("age"),))
+        assert [r["age"] if r else None for r in rows] == ids
+        assert reread == [row_key(spec, i) for i in ids if store._cluster.keyslot(row_key(spec, i)) == slot]
+    finally:
+        _move_slot(cluster, slot, target, source)
