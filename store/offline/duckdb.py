@@ -217,8 +217,9 @@ class DuckDBOfflineStore(OfflineStore):
 
     def compact(self, spec: EntitySpec, *, min_fresh: int = 1) -> CompactionResult:
         """Fold every partition with at least `min_fresh` fresh segments into one deduplicated file, sorted by
-        key and event time. Safe while ingest writes and exports read; a partition another process is
-        compacting is skipped."""
+        key and event time. This store's journals become segments first, and so do journals no writer holds
+        (writers that died); journals of live writers stay. Safe while ingest writes and exports read; a
+        partition another process is compacting is skipped."""
         self.flush_journals()
         done = CompactionResult(spec.table_name, 0, 0, 0)
         for partition in segments.partitions(self.root / spec.table_name):
