@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -57,6 +57,7 @@ ROW_GROUP_ROWS = 122_880
 JOURNAL_BELOW_ROWS = 1_000  # smaller batches are journaled; at 1,000 rows a segment costs ~1 µs a row
 JOURNAL_MAX_ROWS = 100_000  # then the journal becomes a segment: readers hold journals in memory
 JOURNAL_MAX_SECONDS = 60.0
+PAST_DAY_RECOMPACT_SECONDS = 3_600.0
 _EPOCH_DAY = date(1970, 1, 1)
 
 
@@ -88,6 +89,7 @@ class DuckDBOfflineStore(OfflineStore):
         self.compact_after = compact_after
         self.journal_below_rows = journal_below_rows
         self.journal_max_rows, self.journal_max_seconds = JOURNAL_MAX_ROWS, JOURNAL_MAX_SECONDS
+        self.settle_past_days = True  # see _past_day_due
         self._journals: dict[Path, tuple[EntitySpec, segments.Journal]] = {}  # by partition
         self._journal_lock = threading.Lock()
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -267,6 +269,8 @@ class DuckDBOfflineStore(OfflineStore):
         each rewrite is 1.5x the last and a day costs O(n log n); and always past 16x `compact_after` segments,
         which bounds what reads must deduplicate."""
         fresh = len(partition.fresh)
+        if fresh and self.settle_past_days and self._past_day_due(partition):
+            return True
         if fresh < self.compact_after:
             return False
         if partition.compacted is None or fresh >= 16 * self.compact_after:
@@ -274,6 +278,20 @@ class DuckDBOfflineStore(OfflineStore):
         try:
             fresh_bytes = sum(p.stat().st_size for p in partition.fresh)
             return fresh_bytes * 2 >= partition.compacted.stat().st_size
+        except FileNotFoundError:  # another process compacted meanwhile
+            return False
+
+    @staticmethod
+    def _past_day_due(partition: segments.Partition) -> bool:
+        """A day that is over (UTC) only gets late events: fold it whole, so exports read it without
+        deduplication instead of leaving its last hours of segments mixed in until `fstore compact`; but at
+        most once an hour, so a trickle of late events does not rewrite the whole day every minute."""
+        if partition.day is None or partition.day >= datetime.now(UTC).date():
+            return False
+        if partition.compacted is None:
+            return True
+        try:
+            return time.time() - partition.compacted.stat().st_mtime >= PAST_DAY_RECOMPACT_SECONDS
         except FileNotFoundError:  # another process compacted meanwhile
             return False
 

@@ -35,6 +35,7 @@ import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,6 +60,11 @@ class Partition:
     @property
     def is_clean(self) -> bool:
         return self.compacted is not None and not self.fresh and not self.journals
+
+    @property
+    def day(self) -> date | None:
+        match = PARTITION.match(self.path.name)
+        return date.fromisoformat(match[1]) if match else None
 
     @property
     def files(self) -> list[Path]:

@@ -3,8 +3,10 @@ once, and become parquet segments when full, old, closed, or left behind by a wr
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +15,7 @@ from store.offline import segments
 from store.offline.duckdb import DuckDBOfflineStore
 from store.offline.schema import arrow_schema
 from store.registry import EntitySpec, Registry
-from tests.offline.conftest import at, rows
+from tests.offline.conftest import T0, at, rows
 
 DAY = "date=2026-03-01"
 
@@ -122,3 +124,36 @@ def test_reads_during_appends_and_conversions_see_whole_batches(
     assert all(c % size == 0 for c in counts)  # never part of a batch
     assert counts == sorted(counts) and counts[-1] == batches * size  # never a row lost, then found again
     assert files(writer, ".arrows") == [] and reader.history(user).num_rows == batches * size
+
+
+def test_a_day_that_is_over_is_folded_whole_at_most_once_an_hour(
+    tmp_path: Path, registry: Registry, user: EntitySpec
+) -> None:
+    def write_late(*records: dict[str, int]) -> None:  # another writer, whose journal fills and closes
+        writer = DuckDBOfflineStore(tmp_path / "o", registry)
+        writer.journal_max_rows = len(records)
+        writer.write(user, rows(user, *records))
+        writer.close()  # waits for its background work
+
+    compacted = tmp_path / "o" / "user_v1" / DAY / "compacted-000000.parquet"
+    write_late({"key": 1, "t": 0}, {"key": 2, "t": 1})  # T0's day is long over: its segment is folded at once
+    assert [p.name for p in files_of(tmp_path)] == [compacted.name]
+    write_late({"key": 3, "t": 2})
+    assert len(files_of(tmp_path)) == 2  # folded an instant ago: late events wait, up to an hour
+    an_hour_ago = time.time() - 3_601
+    os.utime(compacted, (an_hour_ago, an_hour_ago))
+    write_late({"key": 4, "t": 3})
+    assert [p.name for p in files_of(tmp_path)] == ["compacted-000001.parquet"]
+    assert DuckDBOfflineStore(tmp_path / "o", registry).history(user).num_rows == 4
+
+
+def test_today_is_not_folded_early(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
+    writer = DuckDBOfflineStore(tmp_path / "o", registry)
+    writer.journal_max_rows = 1
+    writer.write(user, rows(user, {"key": 1, "t": (datetime.now(UTC) - T0).total_seconds()}))
+    writer.close()
+    assert [p.name.startswith("compacted-") for p in files_of(tmp_path, "*")] == [False]
+
+
+def files_of(root: Path, day: str = DAY) -> list[Path]:
+    return sorted(p for p in (root / "o" / "user_v1").glob(f"{day}/*.parquet"))
