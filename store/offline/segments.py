@@ -154,12 +154,16 @@ class Journal:
     def __init__(self, partition_dir: Path, schema: pa.Schema) -> None:
         partition_dir.mkdir(parents=True, exist_ok=True)
         self.path = partition_dir / f"{uuid.uuid4().hex}{JOURNAL_SUFFIX}"
-        lock_fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Created under a hidden name and locked before it is visible: a compaction that found it unlocked
+        # would take it for a dead writer's and delete it under us.
+        hidden = self.path.with_name(f".{self.path.name}.tmp")
+        lock_fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         # A store dropped without close() releases its journals too, for compactions to pick up.
         self._release = weakref.finalize(self, os.close, lock_fd)
-        self._sink = pa.OSFile(str(self.path), "wb")  # unbuffered: each batch reaches the file at once
+        self._sink = pa.OSFile(str(hidden), "wb")  # unbuffered: each batch reaches the file at once
         self._writer = pa.ipc.new_stream(self._sink, schema)
+        os.rename(hidden, self.path)  # the lock and the open file follow the inode
         self.rows = 0
         self.opened = time.monotonic()
 
