@@ -18,6 +18,7 @@ do not pickle, and are shared per process). Each write DoFn buffers per bundle a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,6 +40,39 @@ DEAD_LETTERS = "dead_letters"
 FLUSH_EVERY = 1_000  # streaming bundles are ≤ 10 messages locally; this bounds Dataflow's larger ones
 BACKFILL_FLUSH_EVERY = 20_000  # batch: fewer, larger offline segments (a flush writes one per event date)
 NAMESPACE = "fstore"
+
+
+class Progress:
+    """A log line every `every` seconds of what this process wrote and dead-lettered: Beam's counters reach
+    the user at the end of a batch job or in Dataflow's UI, but a local streaming job would say nothing."""
+
+    def __init__(self, every: float = 30.0, clock: Any = time.monotonic) -> None:
+        self.every, self.clock = every, clock
+        self.lock = threading.Lock()
+        self.last = clock()
+        self.written = self.dead = self.written_total = self.dead_total = 0
+
+    def add(self, written: int = 0, dead: int = 0) -> None:
+        with self.lock:
+            self.written, self.dead = self.written + written, self.dead + dead
+            now = self.clock()
+            if now - self.last < self.every:
+                return
+            took, self.last = now - self.last, now
+            self.written_total, self.dead_total = self.written_total + self.written, self.dead_total + self.dead
+            log.info(
+                "wrote %s events in the last %.0f s (%s/s), %s dead letters; %s events and %s dead letters in all",
+                f"{self.written:,}",
+                took,
+                f"{self.written / took:,.0f}",
+                f"{self.dead:,}",
+                f"{self.written_total:,}",
+                f"{self.dead_total:,}",
+            )
+            self.written = self.dead = 0
+
+
+PROGRESS = Progress()
 
 
 class StoreWriter:
@@ -71,6 +105,7 @@ class StoreWriter:
             self.store_offline(spec, messages_to_table(spec, messages, ingest, ids))
             self.store_online(spec, messages, [e.publish_micros for e in events])
             self._record_lag(spec, messages)
+        PROGRESS.add(written=self.buffered)
         self.buffer = defaultdict(list)
         self.buffered = 0
 
@@ -116,6 +151,7 @@ class DeadLetterWriter:
             return
         letters, self.letters = self.letters, []
         until_stored(lambda: self.res.offline.write_dead_letters(letters), "dead-letter table write")
+        PROGRESS.add(dead=len(letters))
         if self.publish:
             publisher, topic = self.res.publisher, deadletter_topic_path(self.res.settings)
             futures = [publisher.publish(topic, letter.data, **_dead_letter_attributes(letter)) for letter in letters]

@@ -3,6 +3,7 @@ retry policy."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import apache_beam as beam
@@ -12,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from ingest.retry import until_stored
-from ingest.transforms import IngestEvents
+from ingest.transforms import IngestEvents, Progress
 from store import FeatureStore
 from store.errors import StoreUnavailableError
 from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
@@ -64,3 +65,22 @@ def test_until_stored_does_not_swallow_bugs() -> None:
 
     with pytest.raises(ValueError, match="a bug"):
         until_stored(broken, "test write", sleep=lambda _: None)
+
+
+def test_progress_logs_what_was_written_every_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    progress = Progress(every=30, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="fstore.ingest"):
+        progress.add(written=10)
+        progress.add(dead=1)
+        now[0] = 29.0
+        progress.add(written=5)
+        assert not caplog.records  # not yet: one line per interval
+        now[0] = 30.0
+        progress.add(written=15)
+        now[0] = 90.0
+        progress.add(written=60)
+    assert [r.getMessage() for r in caplog.records] == [
+        "wrote 30 events in the last 30 s (1/s), 1 dead letters; 30 events and 1 dead letters in all",
+        "wrote 60 events in the last 60 s (1/s), 0 dead letters; 90 events and 1 dead letters in all",
+    ]
