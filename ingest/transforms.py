@@ -31,7 +31,7 @@ from ingest.events import Event, decode_event
 from ingest.pubsub import deadletter_topic_path
 from ingest.resources import IngestDoFn, Resources
 from ingest.retry import until_stored
-from store.events import DeadLetter
+from store.events import DeadLetter, event_times_micros
 from store.offline.schema import messages_to_table
 from store.settings import Settings
 
@@ -123,10 +123,8 @@ class StoreWriter:
 
     def _record_lag(self, spec: Any, messages: list[Any]) -> None:
         now_micros = time.time_ns() // 1_000
-        field = spec.event_time.name
-        for message in messages:
-            ts = getattr(message, field)
-            self.lag.update((now_micros - (ts.seconds * 1_000_000 + ts.nanos // 1_000)) // 1_000)
+        for event_micros in event_times_micros(spec, messages):
+            self.lag.update((now_micros - event_micros) // 1_000)
 
 
 class DeadLetterWriter:
