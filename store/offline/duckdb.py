@@ -138,7 +138,7 @@ class DuckDBOfflineStore(OfflineStore):
         table_dir = self.root / spec.table_name
         touched = []
         for day, part in split_by_day(table, spec.event_time.name):
-            partition_dir = table_dir / f"date={day.isoformat()}"
+            partition_dir = segments.partition_dir(table_dir, day)
             if part.num_rows < self.journal_below_rows:
                 self._journal(spec, partition_dir, part)
             else:
@@ -192,7 +192,7 @@ class DuckDBOfflineStore(OfflineStore):
             return 0
         table = dead_letters_to_table(letters)
         for day, part in split_by_day(table, INGEST_TIME):
-            segments.write_segment(self.root / DEAD_LETTERS_TABLE / f"date={day.isoformat()}", part)
+            segments.write_segment(segments.partition_dir(self.root / DEAD_LETTERS_TABLE, day), part)
         return table.num_rows
 
     def _new_rows(self, table: pa.Table) -> pa.Table:

@@ -85,6 +85,11 @@ class Listing:
         return not self.clean and not self.mixed and not self.journals
 
 
+def partition_dir(table_dir: Path, day: date) -> Path:
+    """Where a table keeps one day's rows (`Partition.day` reads the date back)."""
+    return table_dir / f"date={day.isoformat()}"
+
+
 def partitions(table_dir: Path) -> list[Partition]:
     """The table's date partitions, in date order; a missing directory is an empty table."""
     found = []
