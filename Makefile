@@ -6,27 +6,40 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean
 
+# fstore installs as one `fstore` package built from several folders (pyproject.toml: package-dir).
+# A "strict" editable install links every file into build/__editable__*/fstore/, a real tree that mypy and
+# import-linter can read too; it is redone (in a second) whenever a file is added, moved or removed.
+STRICT := --config-settings editable_mode=strict
+LINKED := $(VENV)/.linked
+SOURCES := $(shell git ls-files -co --exclude-standard sdk store ingest api codegen 2>/dev/null | sort | md5sum | cut -c1-12)
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(BIN)/python -m codegen.typescript
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" $(STRICT)
+	$(BIN)/python -m fstore.codegen.typescript
 	touch $(STAMP)
 
-install: $(STAMP)
+$(LINKED)-$(SOURCES): $(STAMP)
+	rm -f $(LINKED)-*
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . $(STRICT)
+	touch $@
 
-demo: $(STAMP)
+install: $(LINKED)-$(SOURCES)
+
+demo: install
 	$(BIN)/fstore demo
 
-test: $(STAMP)
+test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/fstore codegen --check
 	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .fstore demo-out
+	rm -rf $(VENV) .fstore demo-out build

@@ -16,15 +16,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
-from api.auth import Authenticator
-from api.catalog import Catalog
-from api.dependencies import Services
-from api.errors import install_error_handlers
-from api.metrics import ApiMetrics, MetricsMiddleware
-from api.reads import OnlineReader
-from api.routes import router
-from store import FeatureStore
-from store.settings import Settings, load_settings
+from fstore.api.auth import Authenticator
+from fstore.api.catalog import Catalog
+from fstore.api.dependencies import Services
+from fstore.api.errors import install_error_handlers
+from fstore.api.metrics import ApiMetrics, MetricsMiddleware
+from fstore.api.reads import OnlineReader
+from fstore.api.routes import router
+from fstore.settings import Settings, load_settings
+from fstore.store import FeatureStore
 
 BEARER_SCHEME = "bearer"
 OTEL_SIGNS = (

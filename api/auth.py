@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from api.errors import ForbiddenEntityError, NotAuthenticatedError
-from store.settings import ApiSettings
+from fstore.api.errors import ForbiddenEntityError, NotAuthenticatedError
+from fstore.settings import ApiSettings
 
 ALL_ENTITIES = "*"
 

@@ -5,9 +5,9 @@ Built from `EntitySpec`, the same source the generated docs read, so the API and
 
 from __future__ import annotations
 
-from api.auth import Principal
-from api.models import EntityDetail, EntityList, EntitySummary, EntityVersionInfo, FieldInfo
-from store.registry import EntitySpec, FieldSpec, Registry
+from fstore.api.auth import Principal
+from fstore.api.models import EntityDetail, EntityList, EntitySummary, EntityVersionInfo, FieldInfo
+from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 
 
 def field_info(field: FieldSpec) -> FieldInfo:

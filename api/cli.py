@@ -48,7 +48,7 @@ def serve(
     """Serve the read API: /v1/online/{entity}, /v1/entities, /healthz, /readyz, /metrics."""
     import uvicorn
 
-    from store.settings import load_settings
+    from fstore.settings import load_settings
 
     settings = load_settings()
     api = settings.api
@@ -68,7 +68,7 @@ def serve(
         "log_level": log_level,
     }
     if workers == 1:
-        from api.app import create_app
+        from fstore.api.app import create_app
 
         uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
         return

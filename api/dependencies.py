@@ -13,11 +13,11 @@ from typing import Annotated
 
 from fastapi import Path, Request
 
-from api.auth import Authenticator, Principal
-from api.catalog import Catalog
-from api.metrics import ApiMetrics
-from api.reads import OnlineReader
-from store import FeatureStore
+from fstore.api.auth import Authenticator, Principal
+from fstore.api.catalog import Catalog
+from fstore.api.metrics import ApiMetrics
+from fstore.api.reads import OnlineReader
+from fstore.store import FeatureStore
 
 
 @dataclass

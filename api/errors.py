@@ -14,14 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from store.errors import (
+from fstore.errors import (
     InvalidIdError,
     StoreUnavailableError,
     UnknownEntityError,
     UnknownFeatureError,
     UnknownVersionError,
 )
-from store.jsonrows import dumps
+from fstore.store.jsonrows import dumps
 
 # Store error -> (HTTP status, error code). Unknown entity is "not found"; a bad feature, version or id is a
 # well-formed request the server cannot process (422), as the issue asks.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from api.models import Health
-from store import FeatureStore
+from fstore.api.models import Health
+from fstore.store import FeatureStore
 
 READY = "ready"
 # A probe must answer even when Redis hangs: past this, the store counts as unreachable.

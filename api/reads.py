@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from api.errors import TooManyIdsError
-from api.metrics import ApiMetrics
-from store import FeatureStore
-from store.ids import check_ids
-from store.jsonrows import dumps_online_response
+from fstore.api.errors import TooManyIdsError
+from fstore.api.metrics import ApiMetrics
+from fstore.store import FeatureStore
+from fstore.store.ids import check_ids
+from fstore.store.jsonrows import dumps_online_response
 
 
 def split_features(values: Sequence[str] | None) -> list[str] | None:

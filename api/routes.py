@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response
 
-from api.auth import Principal
-from api.catalog import Catalog
-from api.dependencies import (
+from fstore.api.auth import Principal
+from fstore.api.catalog import Catalog
+from fstore.api.dependencies import (
     EntityReader,
     api_metrics,
     catalog,
@@ -18,9 +18,9 @@ from api.dependencies import (
     principal,
     readable_entity,
 )
-from api.health import READY, readiness
-from api.metrics import ApiMetrics
-from api.models import (
+from fstore.api.health import READY, readiness
+from fstore.api.metrics import ApiMetrics
+from fstore.api.models import (
     CATALOG_ERRORS,
     FEATURES_DESCRIPTION,
     IDS_DESCRIPTION,
@@ -33,8 +33,8 @@ from api.models import (
     OnlineRequest,
     OnlineResponse,
 )
-from api.reads import split_features
-from store import FeatureStore
+from fstore.api.reads import split_features
+from fstore.store import FeatureStore
 
 JSON = "application/json"
 

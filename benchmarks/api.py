@@ -36,10 +36,10 @@ from pathlib import Path
 from google.protobuf.message import Message
 from sample_users import random_user
 
-from store import FeatureStore
-from store.local_services import RedisServer, free_port
-from store.registry import EntitySpec
-from store.settings import load_settings
+from fstore.schema.registry import EntitySpec
+from fstore.settings import load_settings
+from fstore.store import FeatureStore
+from fstore.testing import RedisServer, free_port
 
 # Run as a script, this file's directory comes first on sys.path, where `api` means this module and not the
 # package: the server under test therefore runs as a subprocess (`python -m store.cli serve`, cwd=ROOT).
@@ -101,7 +101,7 @@ def fstore_serve(redis_url: str, workers: int, log: Path) -> Iterator[tuple[str,
     env = {**os.environ, "FSTORE_REDIS_URL": redis_url}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "store.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [sys.executable, "-m", "fstore.cli", "serve", "--port", str(port), "--workers", str(workers)],
             env=env,
             cwd=ROOT,
             stdout=out,

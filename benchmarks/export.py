@@ -110,10 +110,10 @@ def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, f
 
 def _store(data: Path, memory_limit: str, threads: int | None) -> tuple[object, Any]:
     sys.path.insert(0, str(ROOT))
-    from store.offline.duckdb import DuckDBOfflineStore
-    from store.registry import Registry
+    from fstore.schema.registry import Registry
+    from fstore.store.offline.duckdb import DuckDBOfflineStore
 
-    registry = Registry.from_descriptor_set(ROOT / "clients/python/fstore/descriptor_set.binpb")
+    registry = Registry.from_descriptor_set(ROOT / "clients/registry/descriptor_set.binpb")
     store = DuckDBOfflineStore(
         data / "offline", registry, memory_limit=memory_limit, threads=threads, temp_directory=data / "spill"
     )

@@ -19,11 +19,11 @@ import redis
 from google.protobuf.message import Message
 from sample_users import random_user
 
-from store import FeatureStore
-from store.local_services import RedisClusterServers, RedisServer
-from store.online.redis import RedisOnlineStore
-from store.registry import EntitySpec, Registry
-from store.settings import RedisSettings, load_settings
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.settings import RedisSettings, load_settings
+from fstore.store import FeatureStore
+from fstore.store.online.redis import RedisOnlineStore
+from fstore.testing import RedisClusterServers, RedisServer
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

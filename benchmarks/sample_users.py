@@ -7,7 +7,7 @@ from datetime import datetime
 
 from google.protobuf.message import Message
 
-from store.registry import EntitySpec
+from fstore.schema.registry import EntitySpec
 
 COUNTRIES = ["JP", "FR", "DE", "US", "BR"]
 CATEGORIES = ["books", "games", "garden", "music", "toys", "food"]

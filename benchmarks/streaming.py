@@ -46,12 +46,12 @@ def env_with(**values: str) -> dict[str, str]:
 
 def cpu(args: argparse.Namespace) -> None:
     """decode + validate + offline batch + online compare-and-set, per event, in this process (CPU time)."""
-    from ingest.events import Event, decode_event
-    from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-    from store.local_services import RedisServer
-    from store.offline.schema import messages_to_table
-    from store.online.redis import RedisOnlineStore
-    from store.registry import Registry
+    from fstore.ingest.events import Event, decode_event
+    from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+    from fstore.schema.registry import Registry
+    from fstore.store.offline.schema import messages_to_table
+    from fstore.store.online.redis import RedisOnlineStore
+    from fstore.testing import RedisServer
 
     registry = Registry.default()
     spec = registry.get("user")
@@ -63,7 +63,7 @@ def cpu(args: argparse.Namespace) -> None:
     payloads = [m.SerializeToString() for m in msgs]
     publish = datetime.now(UTC)
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
-        from store.offline.duckdb import DuckDBOfflineStore
+        from fstore.store.offline.duckdb import DuckDBOfflineStore
 
         online = RedisOnlineStore(server.url)
         offline = DuckDBOfflineStore.from_url(f"duckdb:///{tmp}/offline", registry)
@@ -100,7 +100,7 @@ class Stack:
         self.compact_after = compact_after
 
     def __enter__(self) -> Stack:
-        from store.local_services import PubSubEmulator, RedisServer
+        from fstore.testing import PubSubEmulator, RedisServer
 
         self.redis = RedisServer()
         self.redis.start()
@@ -171,8 +171,8 @@ def stream(args: argparse.Namespace) -> None:
     import redis
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-    from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-    from store.registry import Registry
+    from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+    from fstore.schema.registry import Registry
 
     spec = Registry.default().get("user")
     attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
@@ -208,7 +208,7 @@ def stream(args: argparse.Namespace) -> None:
         with Stack() as stack:
             topic = f"projects/{project}/topics/{stack.env['FSTORE_PUBSUB__TOPIC']}"
             backlog(stack, topic, f"projects/{project}/subscriptions/{stack.env['FSTORE_PUBSUB__SUBSCRIPTION']}")
-            return drain(stack, stack.start("-m", "store.cli", "ingest", "stream"), distinct)
+            return drain(stack, stack.start("-m", "fstore.cli", "ingest", "stream"), distinct)
 
     project = "fstore-local"
     ratios = []
@@ -232,8 +232,8 @@ def freshness(args: argparse.Namespace) -> None:
     """A trickle of events/s; for each, publish -> readable online (Redis poll every 2 ms)."""
     import redis
 
-    from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-    from store.registry import Registry
+    from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+    from fstore.schema.registry import Registry
 
     spec = Registry.default().get("user")
     attrs = {ATTR_ENTITY: "user", ATTR_VERSION: "1", ATTR_FINGERPRINT: spec.fingerprint}
@@ -242,7 +242,7 @@ def freshness(args: argparse.Namespace) -> None:
 
         client = redis.Redis.from_url(stack.redis.url)
         topic = f"projects/fstore-local/topics/{stack.env['FSTORE_PUBSUB__TOPIC']}"
-        job = stack.start("-m", "store.cli", "ingest", "stream")
+        job = stack.start("-m", "fstore.cli", "ingest", "stream")
         wait_subscription(f"projects/fstore-local/subscriptions/{stack.env['FSTORE_PUBSUB__SUBSCRIPTION']}")
         publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
         # warm up: the first bundle pays for DoFn setup
@@ -271,7 +271,7 @@ def freshness(args: argparse.Namespace) -> None:
 
         def poll_offline() -> None:
             """What a reader of the offline store sees (its journals and segments), every 5 ms."""
-            from store.offline import segments
+            from fstore.store.offline import segments
 
             read: set[Path] = set()
             while not stop.is_set():
@@ -328,8 +328,9 @@ def backfill(args: argparse.Namespace) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from store.offline.schema import arrow_schema, messages_to_table
-    from store.registry import Registry
+    from fstore.schema.registry import Registry
+    from fstore.schema.tables import arrow_schema
+    from fstore.store.offline.schema import messages_to_table
 
     spec = Registry.default().get("user")
     with tempfile.TemporaryDirectory(prefix="fstore-bench-input-") as inputs:
@@ -363,7 +364,7 @@ def backfill(args: argparse.Namespace) -> None:
         for name, path in (("JSONL", jsonl), ("parquet", parquet)):
             with Stack() as stack:  # each into an empty store
                 t = time.perf_counter()
-                cmd = ["-m", "store.cli", "ingest", "backfill", "--entity", "user", "--input", str(path)]
+                cmd = ["-m", "fstore.cli", "ingest", "backfill", "--entity", "user", "--input", str(path)]
                 proc = subprocess.run(
                     [sys.executable, *cmd], env=stack.env, capture_output=True, text=True, check=False
                 )

@@ -4,6 +4,8 @@ Three checks, each problem printed naming its file and field:
 1. `buf lint` (schemas/buf.yaml: STANDARD style);
 2. `buf breaking` against the same directory at `--against REF` (schemas/buf.yaml: FILE rules, so
    within a version only additions pass: a changed type, a renamed or deleted field fails);
+Both run buf on a scratch copy of schemas/ beside the installed package's `fstore/options.proto` (buf
+resolves imports inside its module only); the options file itself is not linted.
 3. fstore's own rules (`store.registry.schema_violations`): one key, one event time, supported types.
 Exit 1 on any problem, 0 otherwise.
 """
@@ -13,16 +15,20 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from codegen.protoc import ProtocError, descriptor_set, plugin
-from store.errors import FstoreError, SchemaError
-from store.registry import OPTIONS_FILE, OptionsReader, schema_violations
+from fstore.codegen.protoc import ProtocError, descriptor_set, plugin
+from fstore.errors import FstoreError, SchemaError
+from fstore.schema import proto_include
+from fstore.schema.registry import OPTIONS_FILE, OptionsReader, schema_violations
 
 schema_app = typer.Typer(help="Check entity schemas (lint, breaking changes, fstore rules).", no_args_is_help=True)
 
@@ -43,8 +49,25 @@ def buf() -> str:
     return found
 
 
+@contextmanager
+def buf_module(schemas: Path) -> Iterator[Path]:
+    """A scratch copy of `schemas` with fstore's options file in it, at the path the schemas import."""
+    with tempfile.TemporaryDirectory(prefix="fstore-buf-") as tmp:
+        module = Path(tmp) / schemas.name
+        shutil.copytree(schemas, module)
+        with_options(module)
+        yield module
+
+
+def with_options(module: Path) -> None:
+    target = module / OPTIONS_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(proto_include() / OPTIONS_FILE, target)
+
+
 def lint(schemas: Path) -> list[str]:
-    proc = _run([buf(), "lint", "."], cwd=schemas)
+    with buf_module(schemas) as module:
+        proc = _run([buf(), "lint", ".", "--exclude-path", OPTIONS_FILE], cwd=module)
     return _buf_problems(proc, schemas, "lint")
 
 
@@ -73,9 +96,27 @@ def breaking(schemas: Path, against: str, report: Report) -> None:
     if not listed.stdout.strip():
         report.notes.append(f"{subdir}/ does not exist at {against}: breaking-change check skipped (new schemas)")
         return
-    source = f"{repo / '.git'}#ref={against},subdir={subdir}"
-    proc = _run([buf(), "breaking", ".", "--against", source], cwd=schemas)
+    with tempfile.TemporaryDirectory(prefix="fstore-buf-against-") as tmp, buf_module(schemas) as module:
+        image = Path(tmp) / "against.binpb"
+        base = _checkout(repo, against, subdir, Path(tmp) / "tree")
+        with_options(base)
+        built = _run([buf(), "build", ".", "-o", str(image)], cwd=base)
+        if built.returncode != 0:
+            report.notes.append(f"{subdir}/ at {against} does not build: breaking-change check skipped")
+            return
+        proc = _run([buf(), "breaking", ".", "--against", str(image)], cwd=module)
     report.problems += _buf_problems(proc, schemas, f"breaking change against {against}")
+
+
+def _checkout(repo: Path, ref: str, subdir: str, into: Path) -> Path:
+    """`subdir` as it is at `ref`, extracted under `into` (git archive: no work tree is touched)."""
+    into.mkdir(parents=True)
+    archive = into / "tree.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "archive", "--format=tar", ref, "--", subdir], cwd=repo, stdout=out, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into / subdir
 
 
 def fstore_rules(schemas: Path) -> list[str]:

@@ -13,9 +13,11 @@ def codegen(
     only: list[str] = typer.Option(None, "--only", help="Run only these generators (python, go, java, ...)."),
 ) -> None:
     """Generate clients, docs, BigQuery schemas and the descriptor set from schemas/ (deterministic)."""
-    from codegen.generate import build, stale, write
+    from fstore.codegen.generate import build, stale, write
+    from fstore.settings import load_settings
 
-    result = build(root, set(only) if only else None, checking=check)
+    package = load_settings().codegen.package_for(root)
+    result = build(root, package, set(only) if only else None, checking=check)
     for name, why in result.skipped.items():
         typer.secho(f"skipped {name}: {why}", fg=typer.colors.YELLOW, err=True)
     if check:
@@ -35,10 +37,6 @@ def codegen(
 
 def register(app: typer.Typer) -> None:
     app.command("codegen")(codegen)
-    try:
-        from codegen.check import schema_app
-    except ModuleNotFoundError as exc:
-        if exc.name != "codegen.check":
-            raise
-    else:
-        app.add_typer(schema_app, name="schema")
+    from fstore.codegen.check import schema_app
+
+    app.add_typer(schema_app, name="schema")

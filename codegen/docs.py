@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2
 
-from codegen.bigquery import ROOT as BIGQUERY_ROOT
-from codegen.generate import Context, Outputs
-from store.registry import EntitySpec, FieldSpec
+from fstore.codegen.bigquery import ROOT as BIGQUERY_ROOT
+from fstore.codegen.generate import Context, Outputs
+from fstore.schema.registry import EntitySpec, FieldSpec
 
 ROOT = "docs/entities"
 OWNS = (ROOT,)

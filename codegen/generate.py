@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codegen.protoc import descriptor_set
-from store.registry import Registry
+from fstore.codegen.protoc import descriptor_set
+from fstore.schema.registry import Registry
 
 Outputs = dict[str, bytes]  # path relative to the repository root -> content
 TOOLS_DIR = ".fstore/tools"  # generator tools installed on first use (npm/pip packages), per checkout, gitignored
@@ -29,6 +29,7 @@ class Context:
     scratch: Path
     descriptor_set: bytes
     registry: Registry
+    python_package: str  # the generated Python client's package (clients/python/<package>)
     notes: list[str] = field(default_factory=list)
     # True under `fstore codegen --check` (CI): generators must not install tools or touch the network, and
     # skip (ToolMissing) rather than report stale files when their local tool differs from the committed output's.
@@ -58,19 +59,13 @@ class Result:
 
 
 def generators() -> list[Generator]:
-    from codegen import python
+    from fstore.codegen import bigquery, docs, go, java, python, registry, typescript
 
-    found = [Generator("python", python.OWNS, python.generate)]
-    for module_name in ("bigquery", "docs", "go", "java", "typescript"):
-        try:
-            module = __import__(f"codegen.{module_name}", fromlist=["generate"])
-        except ModuleNotFoundError:
-            continue
-        found.append(Generator(module_name, module.OWNS, module.generate))
-    return found
+    modules = (registry, python, bigquery, docs, go, java, typescript)
+    return [Generator(m.__name__.rsplit(".", 1)[1], m.OWNS, m.generate) for m in modules]
 
 
-def build(root: Path, only: set[str] | None = None, checking: bool = False) -> Result:
+def build(root: Path, python_package: str, only: set[str] | None = None, checking: bool = False) -> Result:
     outputs: Outputs = {}
     owned: list[str] = []
     skipped: dict[str, str] = {}
@@ -78,7 +73,7 @@ def build(root: Path, only: set[str] | None = None, checking: bool = False) -> R
         scratch = Path(tmp)
         data = descriptor_set(root / "schemas", scratch / "descriptor_set.binpb")
         registry = Registry.from_descriptor_set(data)
-        ctx = Context(root=root, scratch=scratch, descriptor_set=data, registry=registry, checking=checking)
+        ctx = Context(root, scratch, data, registry, python_package, checking=checking)
         for gen in generators():
             if only is not None and gen.name not in only:
                 continue

@@ -12,9 +12,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from codegen.generate import Context, Outputs, ToolMissing
-from codegen.protoc import plugin, run_protoc, schema_files
-from store.registry import ENTITY_PACKAGE
+from fstore.codegen.generate import Context, Outputs, ToolMissing
+from fstore.codegen.protoc import plugin, run_protoc, schema_files
+from fstore.schema.registry import ENTITY_PACKAGE
 
 ROOT = "clients/go"
 OWNS = (ROOT,)

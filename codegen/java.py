@@ -16,8 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from codegen.generate import TOOLS_DIR, Context, Outputs, ToolMissing
-from codegen.protoc import ProtocError, schema_files, well_known_include
+from fstore.codegen.generate import TOOLS_DIR, Context, Outputs, ToolMissing
+from fstore.codegen.protoc import ProtocError, schema_files, well_known_include
+from fstore.schema import proto_include
 
 ROOT = "clients/java"
 OWNS = (ROOT,)
@@ -84,7 +85,8 @@ def generate(ctx: Context) -> Outputs:
         protoc = install_protoc(ctx, version)
     out = ctx.scratch / "java"
     out.mkdir()
-    cmd = [protoc, f"-I{ctx.schemas}", f"-I{well_known_include()}", f"--java_out={out}", *schema_files(ctx.schemas)]
+    cmd = [protoc, f"-I{ctx.schemas}", f"-I{proto_include()}", f"-I{well_known_include()}", f"--java_out={out}"]
+    cmd += schema_files(ctx.schemas)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ProtocError(f"protoc --java_out failed:\n{proc.stderr.strip()}")

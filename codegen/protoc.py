@@ -1,4 +1,8 @@
-"""Runs protoc (the one bundled with grpcio-tools) over the schemas."""
+"""Runs protoc (the one bundled with grpcio-tools) over the schemas.
+
+A feature repo's schemas import `fstore/options.proto`; it is found in the installed fstore package
+(`fstore.schema.proto_include()`), never copied into the repo, and compiled with the repo's own files.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from store.errors import FstoreError
+from fstore.errors import FstoreError
+from fstore.schema import proto_include
+from fstore.schema.registry import OPTIONS_FILE
 
 
 class ProtocError(FstoreError):
@@ -17,8 +23,9 @@ class ProtocError(FstoreError):
 
 
 def schema_files(schemas_dir: Path) -> list[str]:
-    """Every .proto under schemas/, relative to it, sorted (so output order never depends on the disk)."""
-    return sorted(p.relative_to(schemas_dir).as_posix() for p in schemas_dir.rglob("*.proto"))
+    """Every .proto under schemas/, relative to it, plus fstore's options file, sorted (so output order never
+    depends on the disk)."""
+    return sorted({OPTIONS_FILE, *(p.relative_to(schemas_dir).as_posix() for p in schemas_dir.rglob("*.proto"))})
 
 
 def well_known_include() -> Path:
@@ -32,6 +39,7 @@ def run_protoc(schemas_dir: Path, args: Sequence[str], files: Sequence[str] | No
         "-m",
         "grpc_tools.protoc",
         f"-I{schemas_dir}",
+        f"-I{proto_include()}",
         f"-I{well_known_include()}",
         *args,
         *(files if files is not None else schema_files(schemas_dir)),

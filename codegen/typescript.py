@@ -13,8 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from codegen.generate import TOOLS_DIR, Context, Outputs, ToolMissing
-from codegen.protoc import run_protoc
+from fstore.codegen.generate import TOOLS_DIR, Context, Outputs, ToolMissing
+from fstore.codegen.protoc import run_protoc
 
 ROOT = "clients/typescript"
 OWNS = (ROOT,)

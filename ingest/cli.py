@@ -16,9 +16,9 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 def stream(ctx: typer.Context) -> None:
     """Run the streaming job until stopped. Extra arguments are Beam pipeline options, e.g.
     `--runner DataflowRunner --region europe-west1 --temp_location gs://…`; default: Beam's local runner."""
-    from ingest.pipeline import run_stream
-    from ingest.pubsub import ensure_subscriptions, routes
-    from store import FeatureStore
+    from fstore.ingest.pipeline import run_stream
+    from fstore.ingest.pubsub import ensure_subscriptions, routes
+    from fstore.store import FeatureStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
@@ -40,9 +40,9 @@ def backfill(
     compact: bool = typer.Option(True, help="Compact the embedded offline store's segments afterwards."),
 ) -> None:
     """Load files of events through the same decode/validate/write transforms, as a batch Beam job."""
-    from ingest.parquet import check_parquet_input
-    from ingest.pipeline import run_backfill
-    from store import FeatureStore
+    from fstore.ingest.parquet import check_parquet_input
+    from fstore.ingest.pipeline import run_backfill
+    from fstore.store import FeatureStore
 
     fs = FeatureStore.from_config()
     spec = fs.spec(entity, version)
@@ -82,9 +82,9 @@ def publish(
     """Publish events from a JSONL file with the generated client (routing attributes set).
 
     A bad line is reported with its line number, and then nothing is published."""
-    from ingest.publish import publish_file
-    from ingest.pubsub import ensure_subscriptions, routes, topic_path
-    from store import FeatureStore
+    from fstore.ingest.publish import publish_file
+    from fstore.ingest.pubsub import ensure_subscriptions, routes, topic_path
+    from fstore.store import FeatureStore
 
     fs = FeatureStore.from_config()
     spec = fs.spec(entity, version)
@@ -92,7 +92,7 @@ def publish(
     ensure_subscriptions(fs.settings, routes(fs.settings, fs.registry))
     topic = topic_path(fs.settings, spec.name)
     started = time.monotonic()
-    ids = publish_file(file, spec, topic, fs.settings.project)
+    ids = publish_file(file, spec, topic)
     took = time.monotonic() - started
     typer.echo(f"published {len(ids)} {spec.ref} events to {topic} in {took:.2f} s")
 
@@ -105,7 +105,7 @@ def dead_letters(
     """Rejected events: counts per reason, then the latest ones with their reason and detail."""
     import json
 
-    from store import FeatureStore
+    from fstore.store import FeatureStore
 
     with FeatureStore.from_config() as fs:
         letters = fs.offline.dead_letters().to_pylist()

@@ -14,9 +14,10 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from store.errors import FstoreError
-from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter, event_time_micros
-from store.registry import EntitySpec, Registry
+from fstore.errors import FstoreError
+from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.store.events import DeadLetter, event_time_micros
 
 # Event times outside [MIN_EVENT_TIME, now + max_future] are not "sane": a zero timestamp is an unset
 # field in disguise, and a far-future one would pin the online row until that date.

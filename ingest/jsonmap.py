@@ -17,7 +17,7 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from store.registry import EntitySpec
+from fstore.schema.registry import EntitySpec
 
 _INT_KINDS = {"int32", "int64", "uint32", "uint64"}
 FLOAT32_MAX = 3.4028234663852886e38

@@ -25,15 +25,15 @@ import pyarrow.parquet as pq
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, default_registry
-from ingest.resources import IngestDoFn
-from ingest.transforms import DEAD_LETTERS, NAMESPACE, StoreWriter
-from store.errors import FstoreError
-from store.events import DeadLetter, routing_attributes
-from store.offline.base import INGEST_TIME, MESSAGE_ID
-from store.offline.schema import TIMESTAMP, arrow_schema
-from store.registry import EntitySpec
-from store.settings import Settings
+from fstore.errors import FstoreError
+from fstore.ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, default_registry
+from fstore.ingest.resources import IngestDoFn
+from fstore.ingest.transforms import DEAD_LETTERS, NAMESPACE, StoreWriter
+from fstore.schema.attributes import routing_attributes
+from fstore.schema.registry import EntitySpec
+from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema
+from fstore.settings import Settings
+from fstore.store.events import DeadLetter
 
 BATCH_ROWS = 500_000
 

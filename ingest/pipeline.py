@@ -16,12 +16,12 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from ingest.parquet import BackfillParquet
-from ingest.pubsub import Route
-from ingest.resources import close_resources
-from ingest.sources import ReadJsonEvents
-from ingest.transforms import BACKFILL_FLUSH_EVERY, IngestEvents, WriteDeadLetters
-from store.settings import Settings
+from fstore.ingest.parquet import BackfillParquet
+from fstore.ingest.pubsub import Route
+from fstore.ingest.resources import close_resources
+from fstore.ingest.sources import ReadJsonEvents
+from fstore.ingest.transforms import BACKFILL_FLUSH_EVERY, IngestEvents, WriteDeadLetters
+from fstore.settings import Settings
 
 PARALLEL_BACKFILL_BYTES = 64 << 20
 

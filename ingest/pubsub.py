@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from store.errors import FstoreError
-from store.registry import Registry
-from store.settings import Settings
+from fstore.errors import FstoreError
+from fstore.schema.registry import Registry
+from fstore.settings import Settings
 
 
 class PubSubSetupError(FstoreError):

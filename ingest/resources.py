@@ -13,11 +13,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from ingest.events import default_registry
-from store.offline import OfflineStore, open_offline_store
-from store.online import OnlineStore, open_online_store
-from store.registry import Registry
-from store.settings import Settings
+from fstore.schema.registry import Registry
+from fstore.settings import Settings
+from fstore.store.offline import OfflineStore, open_offline_store
+from fstore.store.online import OnlineStore, open_online_store
 
 
 class Resources:
@@ -27,10 +26,7 @@ class Resources:
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
         self._publisher: Any = None
-        if settings.descriptor_set:
-            self.registry = Registry.from_descriptor_set(settings.descriptor_set)
-        else:
-            self.registry = default_registry()
+        self.registry = Registry.load(settings.descriptor_set)
 
     @property
     def online(self) -> OnlineStore:

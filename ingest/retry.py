@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from store.errors import StoreUnavailableError
+from fstore.errors import StoreUnavailableError
 
 T = TypeVar("T")
 log = logging.getLogger("fstore.ingest")

@@ -15,10 +15,11 @@ from apache_beam import pvalue
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ingest.events import default_registry
-from ingest.jsonmap import JsonEventParser
-from ingest.transforms import DEAD_LETTERS
-from store.events import ATTR_ENTITY, ATTR_VERSION, DeadLetter, routing_attributes
+from fstore.ingest.events import default_registry
+from fstore.ingest.jsonmap import JsonEventParser
+from fstore.ingest.transforms import DEAD_LETTERS
+from fstore.schema.attributes import ATTR_ENTITY, ATTR_VERSION, routing_attributes
+from fstore.store.events import DeadLetter
 
 
 @dataclass(frozen=True)

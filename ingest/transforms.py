@@ -27,13 +27,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from ingest.events import Event, decode_event
-from ingest.pubsub import deadletter_topic_path
-from ingest.resources import IngestDoFn, Resources
-from ingest.retry import until_stored
-from store.events import DeadLetter, event_times_micros
-from store.offline.schema import messages_to_table
-from store.settings import Settings
+from fstore.ingest.events import Event, decode_event
+from fstore.ingest.pubsub import deadletter_topic_path
+from fstore.ingest.resources import IngestDoFn, Resources
+from fstore.ingest.retry import until_stored
+from fstore.settings import Settings
+from fstore.store.events import DeadLetter, event_times_micros
+from fstore.store.offline.schema import messages_to_table
 
 log = logging.getLogger("fstore.ingest")
 DEAD_LETTERS = "dead_letters"

@@ -9,11 +9,11 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from store.ids import check_ids
-from store.offline import OfflineStore, open_offline_store
-from store.online import OnlineStore, Row, WriteResult, open_online_store
-from store.registry import EntitySpec, Registry
-from store.settings import Settings, load_settings
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.settings import Settings, load_settings
+from fstore.store.ids import check_ids
+from fstore.store.offline import OfflineStore, open_offline_store
+from fstore.store.online import OnlineStore, Row, WriteResult, open_online_store
 
 __all__ = ["FeatureStore"]
 

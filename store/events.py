@@ -1,6 +1,5 @@
-"""The event contract between producers, the ingest job and the stores.
+"""Decoded events as the stores see them: event times, plain field values, dead letters.
 
-Producers (the generated publishers) set these Pub/Sub attributes; the ingest job routes on them.
 `field_reader` turns a field of a decoded entity message into a plain Python value: the one conversion the
 online store's rows, the offline store's Arrow columns and the API share.
 """
@@ -16,19 +15,9 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from store.registry import EntitySpec, FieldSpec
+from fstore.schema.registry import EntitySpec, FieldSpec
 
-ATTR_ENTITY = "fstore_entity"
-ATTR_VERSION = "fstore_version"
-ATTR_EVENT_TIME = "fstore_event_time"
-ATTR_FINGERPRINT = "fstore_fingerprint"
-ROUTING_ATTRIBUTES = (ATTR_ENTITY, ATTR_VERSION, ATTR_EVENT_TIME, ATTR_FINGERPRINT)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def routing_attributes(spec: EntitySpec) -> dict[str, str]:
-    """The attributes the ingest job routes on (the generated publishers add the event time too)."""
-    return {ATTR_ENTITY: spec.name, ATTR_VERSION: str(spec.version), ATTR_FINGERPRINT: spec.fingerprint}
 
 
 def event_time_micros(spec: EntitySpec, message: Message) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from store.errors import InvalidIdError
-from store.registry import EntitySpec
+from fstore.errors import InvalidIdError
+from fstore.schema.registry import EntitySpec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from store.local_services import PubSubEmulator, RedisServer, ServiceUnavailable
-from store.registry import Registry
-from store.settings import get_settings
+from fstore.schema.registry import Registry
+from fstore.settings import get_settings
+from fstore.testing import PubSubEmulator, RedisServer, ServiceUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
+DESCRIPTOR_SET = ROOT / "clients/registry/descriptor_set.binpb"
 
 # Property tests and schemathesis draw the same examples on every run, so a red build means a change broke
 # something; FSTORE_FUZZ=random explores new examples (do that when working on a property).
@@ -32,6 +33,9 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     (tmp_path / "fstore.yaml").write_text("{}\n")
     monkeypatch.setenv("FSTORE_DATA_DIR", str(tmp_path / ".fstore"))
     monkeypatch.setenv("FSTORE_OFFLINE", f"duckdb:///{tmp_path / 'offline'}")
+    # The feature repo under test is this repository (schemas/ with the demo's user and item entities).
+    monkeypatch.setenv("FSTORE_DESCRIPTOR_SET", str(DESCRIPTOR_SET))
+    monkeypatch.setenv("FSTORE_CODEGEN__PYTHON_PACKAGE", "demo_features")
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -39,7 +43,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
 
 @pytest.fixture(scope="session")
 def registry() -> Registry:
-    return Registry.from_descriptor_set(ROOT / "clients/python/fstore/descriptor_set.binpb")
+    return Registry.from_descriptor_set(DESCRIPTOR_SET)
 
 
 @pytest.fixture(scope="session")

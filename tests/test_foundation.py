@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from store.errors import SettingsError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
-from store.registry import Registry
-from store.settings import get_settings, load_settings
+from fstore.errors import SettingsError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
+from fstore.schema.registry import Registry
+from fstore.settings import get_settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_invalid_settings_name_the_key(monkeypatch, key: str, value: str, named:
 
 
 def test_generated_user_round_trips_bytes_and_json() -> None:
-    from fstore.entities.user.v1 import User
+    from demo_features.entities.user.v1 import User
 
     user = User(user_id=42, age=31, country="JP", favorite_categories=["books"], embedding=[0.5] * 16)
     user.event_time.FromSeconds(1_700_000_000)
@@ -80,7 +80,7 @@ def test_generated_user_round_trips_bytes_and_json() -> None:
 def test_publisher_sets_routing_attributes(pubsub_env: str) -> None:
     from google.cloud import pubsub_v1
 
-    from fstore.entities.user.v1 import FINGERPRINT, User, UserV1Publisher
+    from demo_features.entities.user.v1 import FINGERPRINT, User, UserV1Publisher
 
     project, topic, sub = "fstore-local", f"t-{uuid.uuid4().hex[:8]}", f"s-{uuid.uuid4().hex[:8]}"
     publisher_client = pubsub_v1.PublisherClient()
@@ -115,7 +115,7 @@ def test_publisher_sets_routing_attributes(pubsub_env: str) -> None:
 def test_earlier_fingerprints_stay_known(registry: Registry) -> None:
     from tests.conftest import ROOT
 
-    data = (ROOT / "clients/python/fstore/descriptor_set.binpb").read_bytes()
+    data = (ROOT / "clients/registry/descriptor_set.binpb").read_bytes()
     with_history = Registry.from_descriptor_set(data, {"user/v1": ["00000000deadbeef"]})
     user = with_history.get("user")
     assert user.knows_fingerprint(user.fingerprint) and user.knows_fingerprint("00000000deadbeef")

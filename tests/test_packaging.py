@@ -1,5 +1,6 @@
 """The sdist that Dataflow workers install (`--extra_package`, docs/ingest.md) works on its own: outside the
-repository, the installed package finds its descriptor set, its Lua script and the generated client."""
+repository, the installed package finds its Lua script and its options file, and reads a feature repo's
+descriptor set from the path its settings name."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from store.registry import Registry
+from fstore.schema.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
+DESCRIPTOR_SET = ROOT / "clients/registry/descriptor_set.binpb"
 
 CHECK = """
-import json, store, ingest.pipeline, fstore.entities.user.v1
-from store.online.redis import COMPARE_AND_SET
-from store.registry import Registry
-assert store.__file__.startswith({site!r}), store.__file__
+import json, fstore, fstore.ingest.pipeline
+from fstore.schema import proto_include
+from fstore.store.online.redis import COMPARE_AND_SET
+from fstore.schema.registry import Registry
+assert fstore.__file__.startswith({site!r}), fstore.__file__
+assert (proto_include() / "fstore" / "options.proto").is_file()
 registry = Registry.default()
 print(json.dumps([registry.entities(), registry.get("user").fingerprint, COMPARE_AND_SET.decode()]))
 """
@@ -39,6 +43,7 @@ def test_the_sdist_installs_and_runs_outside_the_repository(tmp_path: Path) -> N
         capture_output=True,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FSTORE_")} | {"PYTHONPATH": str(site)}
+    env["FSTORE_DESCRIPTOR_SET"] = str(DESCRIPTOR_SET)
     run = subprocess.run(
         [sys.executable, "-c", CHECK.format(site=str(site))],
         cwd=tmp_path,
@@ -49,6 +54,7 @@ def test_the_sdist_installs_and_runs_outside_the_repository(tmp_path: Path) -> N
     )
     assert run.returncode == 0, run.stderr[-2000:]
     entities, fingerprint, script = json.loads(run.stdout)
-    packaged = Registry.from_descriptor_set(ROOT / "clients" / "python" / "fstore" / "descriptor_set.binpb")
+    assert sorted(p.name for p in site.iterdir() if p.name != "bin" and not p.name.endswith("-info")) == ["fstore"]
+    packaged = Registry.from_descriptor_set(DESCRIPTOR_SET)
     assert entities == packaged.entities() and fingerprint == packaged.get("user").fingerprint
     assert script == (ROOT / "store" / "online" / "compare_and_set.lua").read_text()

@@ -11,12 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from store.events import DeadLetter
-from store.registry import EntitySpec
-
-# Columns every offline table has besides the entity's own fields (key, event time, features).
-INGEST_TIME = "ingest_time"
-MESSAGE_ID = "message_id"
+from fstore.schema.registry import EntitySpec
+from fstore.store.events import DeadLetter
 
 
 @dataclass(frozen=True)

@@ -25,23 +25,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from codegen.bigquery import bigquery_schema_fields
-from store.errors import SettingsError, StoreUnavailableError
-from store.events import DeadLetter, utc_from_micros
-from store.offline.base import INGEST_TIME, MESSAGE_ID, LedgerEntry, OfflineStore
-from store.offline.duckdb import conform
-from store.offline.export import ExportPlan, finish_export, plan_export
-from store.offline.schema import (
+from fstore.errors import SettingsError, StoreUnavailableError
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema, arrow_type, bigquery_schema_fields
+from fstore.store.events import DeadLetter, utc_from_micros
+from fstore.store.offline.base import LedgerEntry, OfflineStore
+from fstore.store.offline.duckdb import conform
+from fstore.store.offline.export import ExportPlan, finish_export, plan_export
+from fstore.store.offline.schema import (
     DEAD_LETTER_SCHEMA,
     DEAD_LETTERS_TABLE,
-    TIMESTAMP,
-    arrow_schema,
-    arrow_type,
     dead_letter_bigquery_schema,
     dead_letters_to_table,
 )
-from store.offline.sql import MATCHED_PREFIX, bigquery_export_sql, bigquery_table, bq_quote
-from store.registry import EntitySpec, Registry
+from fstore.store.offline.sql import MATCHED_PREFIX, bigquery_export_sql, bigquery_table, bq_quote
 
 INSERT_BATCH = 500  # rows per insertAll request (BigQuery recommends <= 500)
 ROW_GROUP_ROWS = 122_880

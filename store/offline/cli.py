@@ -37,8 +37,8 @@ def export(
     ),
 ) -> None:
     """Join the spine with feature values as they were known at each row's timestamp; write parquet."""
-    from store import FeatureStore
-    from store.offline.export import ExportError, manifest_path, parse_versions
+    from fstore.store import FeatureStore
+    from fstore.store.offline.export import ExportError, manifest_path, parse_versions
 
     if reproduce is None and (spine is None or not features):
         raise ExportError("--spine and --features are required (unless --reproduce is given)")
@@ -63,7 +63,7 @@ def export(
 
 def ledger(json_output: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
     """Per entity version: rows stored, first/last event time, last ingest time."""
-    from store import FeatureStore
+    from fstore.store import FeatureStore
 
     with FeatureStore.from_config() as fs:
         entries = fs.offline.ledger()
@@ -107,9 +107,9 @@ def compact(
     entity: str | None = typer.Option(None, "--entity", help="Only this entity (default: every entity version)."),
 ) -> None:
     """Merge the embedded store's segments, and the journals of writers that are done, into one file per day."""
-    from store import FeatureStore
-    from store.errors import SettingsError
-    from store.offline.duckdb import DuckDBOfflineStore
+    from fstore.errors import SettingsError
+    from fstore.store import FeatureStore
+    from fstore.store.offline.duckdb import DuckDBOfflineStore
 
     with FeatureStore.from_config() as fs:
         store = fs.offline

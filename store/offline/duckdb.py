@@ -32,20 +32,21 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from store.errors import SchemaError, SettingsError
-from store.events import DeadLetter, utc_from_micros
-from store.offline import segments
-from store.offline.base import INGEST_TIME, MESSAGE_ID, LedgerEntry, OfflineStore
-from store.offline.export import finish_export, plan_export, quote
-from store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, arrow_schema, dead_letters_to_table
-from store.offline.sql import (
+from fstore.errors import SchemaError, SettingsError
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, arrow_schema
+from fstore.store.events import DeadLetter, utc_from_micros
+from fstore.store.offline import segments
+from fstore.store.offline.base import LedgerEntry, OfflineStore
+from fstore.store.offline.export import finish_export, plan_export, quote
+from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, dead_letters_to_table
+from fstore.store.offline.sql import (
     duckdb_compaction_sql,
     duckdb_export_source,
     duckdb_export_sql,
     duckdb_history,
     history_filters,
 )
-from store.registry import EntitySpec, Registry
 
 log = logging.getLogger("fstore.offline")
 

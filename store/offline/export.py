@@ -22,10 +22,10 @@ from typing import Any
 
 import duckdb
 
-from store.errors import FstoreError
-from store.events import utc_from_micros
-from store.offline.spine import ROW_COLUMN, Spine, load_spine
-from store.registry import EntitySpec, FieldSpec, Registry
+from fstore.errors import FstoreError
+from fstore.schema.registry import EntitySpec, FieldSpec, Registry
+from fstore.store.events import utc_from_micros
+from fstore.store.offline.spine import ROW_COLUMN, Spine, load_spine
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 DEFAULT_COLUMN_FORMAT = "{entity}__{feature}"

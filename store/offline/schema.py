@@ -1,7 +1,7 @@
-"""Arrow schemas of the offline tables, and the conversion of decoded messages into them.
+"""Decoded messages (and dead letters) as Arrow tables of the offline schema.
 
-The one place that maps fstore field kinds to Arrow types (codegen.bigquery maps them to BigQuery):
-ingest builds its batches with `messages_to_table`, both backends store exactly `arrow_schema(spec)`.
+Ingest builds its batches with `messages_to_table`; both backends store exactly
+`fstore.schema.tables.arrow_schema(spec)`.
 """
 
 from __future__ import annotations
@@ -16,25 +16,10 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.message import Message
 
-from store.errors import SchemaError
-from store.events import ATTR_ENTITY, ATTR_VERSION, DeadLetter, event_times_micros, field_reader
-from store.offline.base import INGEST_TIME, MESSAGE_ID
-from store.registry import EntitySpec, FieldSpec
-
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-_ARROW_KINDS: dict[str, pa.DataType] = {
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "uint32": pa.uint32(),
-    "uint64": pa.uint64(),
-    "float": pa.float32(),
-    "double": pa.float64(),
-    "bool": pa.bool_(),
-    "string": pa.string(),
-    "bytes": pa.binary(),
-    "timestamp": TIMESTAMP,
-}
+from fstore.schema.attributes import ATTR_ENTITY, ATTR_VERSION
+from fstore.schema.registry import EntitySpec, FieldSpec
+from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema, arrow_type
+from fstore.store.events import DeadLetter, event_times_micros, field_reader
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -50,31 +35,6 @@ DEAD_LETTER_SCHEMA = pa.schema(
     ]
 )
 DEAD_LETTERS_TABLE = "_dead_letters"
-
-
-def arrow_type(field: FieldSpec) -> pa.DataType:
-    try:
-        scalar = _ARROW_KINDS[field.kind]
-    except KeyError:
-        raise SchemaError(f"field {field.name!r} has kind {field.kind!r}, which offline tables cannot hold") from None
-    return pa.list_(scalar) if field.repeated else scalar
-
-
-@functools.lru_cache(maxsize=256)
-def arrow_schema(spec: EntitySpec) -> pa.Schema:
-    """key, event_time, ingest_time, message_id (all not null), then every feature (nullable).
-
-    Cached (a Schema is immutable): building it cost 4.6 µs, the lookup 1.3 µs (measured), and ingest asks
-    for it twice per bundle (`messages_to_table`, then the offline store's `conform`)."""
-    return pa.schema(
-        [
-            pa.field(spec.key.name, arrow_type(spec.key), nullable=False),
-            pa.field(spec.event_time.name, TIMESTAMP, nullable=False),
-            pa.field(INGEST_TIME, TIMESTAMP, nullable=False),
-            pa.field(MESSAGE_ID, pa.string(), nullable=False),
-            *(pa.field(f.name, arrow_type(f)) for f in spec.features),
-        ]
-    )
 
 
 # Up to this many rows a table is converted row-wise, in a single `pa.array` call (a struct array), rather
@@ -189,7 +149,7 @@ def dead_letters_to_table(letters: Sequence[DeadLetter]) -> pa.Table:
 
 
 def dead_letter_bigquery_schema() -> list[dict[str, Any]]:
-    """The dead-letter table as BigQuery schema JSON (entity tables' schemas come from codegen.bigquery)."""
+    """The dead-letter table as BigQuery schema JSON (entity tables: `fstore.schema.tables.bigquery_schema_fields`)."""
     types = {pa.string(): "STRING", TIMESTAMP: "TIMESTAMP", pa.binary(): "BYTES"}
     return [
         {"name": f.name, "type": types[f.type], "mode": "NULLABLE" if f.nullable else "REQUIRED"}

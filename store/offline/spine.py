@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from store.errors import FstoreError
-from store.registry import EntitySpec
+from fstore.errors import FstoreError
+from fstore.schema.registry import EntitySpec
 
 # Added to the spine so output rows keep the spine's order, whatever order the engine joins in.
 ROW_COLUMN = "__fstore_row"

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from store.events import utc_from_micros
-from store.offline.base import INGEST_TIME, MESSAGE_ID
-from store.offline.export import EntityJoin, ExportPlan, quote
-from store.offline.spine import ROW_COLUMN
+from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
+from fstore.store.events import utc_from_micros
+from fstore.store.offline.export import EntityJoin, ExportPlan, quote
+from fstore.store.offline.spine import ROW_COLUMN
 
 # In compacted files only: the ingest time of the row that beats this one on a tie of (key, event time)
 # (the next by ingest time, message id), NULL when none does. A row is its tie group's winner among rows

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from store.registry import EntitySpec, FieldSpec
+from fstore.schema.registry import EntitySpec, FieldSpec
 
 EntityId = int | str
 Row = dict[str, Any]

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import typer
 
-from store.ids import check_ids
-from store.jsonrows import dumps_online_response
+from fstore.store.ids import check_ids
+from fstore.store.jsonrows import dumps_online_response
 
 online_app = typer.Typer(help="Read the online store (latest values per entity id, by event time).")
 
@@ -22,7 +22,7 @@ def get(
     json_output: bool = typer.Option(False, "--json", help='Print {"entity", "version", "rows"}, as the API does.'),
 ) -> None:
     """Print the rows of ENTITY for IDS (a row is missing when unknown or expired)."""
-    from store import FeatureStore
+    from fstore.store import FeatureStore
 
     with FeatureStore.from_config() as fs:
         spec = fs.spec(entity, version)

@@ -29,11 +29,11 @@ from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from store.errors import StoreUnavailableError
-from store.events import event_times_micros, field_reader, utc_from_micros
-from store.online.base import EntityId, OnlineStore, Row, WriteResult
-from store.registry import EntitySpec, FieldSpec, Registry
-from store.settings import RedisSettings, Settings
+from fstore.errors import StoreUnavailableError
+from fstore.schema.registry import EntitySpec, FieldSpec, Registry
+from fstore.settings import RedisSettings, Settings
+from fstore.store.events import event_times_micros, field_reader, utc_from_micros
+from fstore.store.online.base import EntityId, OnlineStore, Row, WriteResult
 
 HEADER = struct.Struct(">dd")
 COMPARE_AND_SET = (Path(__file__).with_name("compare_and_set.lua")).read_bytes()

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from google.protobuf.message import Message
 
-from api.app import create_app
-from api.auth import hash_token
-from store import FeatureStore
-from store.settings import Settings, load_settings
+from fstore.api.app import create_app
+from fstore.api.auth import hash_token
+from fstore.settings import Settings, load_settings
+from fstore.store import FeatureStore
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 FRESH = NOW - timedelta(hours=1)

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from api.auth import Authenticator, hash_token
-from api.errors import NotAuthenticatedError
-from store.settings import ApiSettings
+from fstore.api.auth import Authenticator, hash_token
+from fstore.api.errors import NotAuthenticatedError
+from fstore.settings import ApiSettings
 
 AsKey = Callable[[str], dict[str, str]]
 ONLINE = "/v1/online/user?id=1"

@@ -9,10 +9,10 @@ from typing import Any
 import redis
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from store.local_services import RedisServer
-from store.registry import Registry
-from store.settings import load_settings
+from fstore.api.app import create_app
+from fstore.schema.registry import Registry
+from fstore.settings import load_settings
+from fstore.testing import RedisServer
 
 
 def test_entity_list_names_versions_owner_description(client: TestClient, registry: Registry) -> None:
@@ -134,7 +134,7 @@ def test_lifespan_closes_its_redis_connections(redis_url: str) -> None:
 
 
 def test_a_store_passed_in_stays_open_after_shutdown(redis_url: str, seeded: None) -> None:
-    from store import FeatureStore
+    from fstore.store import FeatureStore
 
     with FeatureStore(load_settings()) as fs:
         with TestClient(create_app(store=fs)) as client:

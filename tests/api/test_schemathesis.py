@@ -19,8 +19,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from api.app import create_app
-from store.settings import load_settings
+from fstore.api.app import create_app
+from fstore.settings import load_settings
 
 MAX_EXAMPLES = 50
 OPERATIONS = [

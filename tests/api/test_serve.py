@@ -15,9 +15,9 @@ from contextlib import contextmanager
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import exposure_problem, is_loopback
-from store.cli import app
-from store.local_services import free_port
+from fstore.api.cli import exposure_problem, is_loopback
+from fstore.cli import app
+from fstore.testing import free_port
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"])
@@ -52,7 +52,7 @@ def get(url: str) -> tuple[int, bytes]:
 def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "store.cli", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "fstore.cli", "serve", "--port", str(port), *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -17,17 +17,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from codegen.generate import TOOLS_DIR, Result, build, write
-from store.cli import app
-from store.registry import Registry
+from fstore.cli import app
+from fstore.codegen.generate import TOOLS_DIR, Result, build, write
+from fstore.schema.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = "demo_features"  # this repository's generated Python client (fstore.yaml)
 GO_PROTOBUF_SOURCE = Path("/usr/share/gocode/src/google.golang.org/protobuf")  # Debian golang-google-protobuf-dev
 
 
 @pytest.fixture(scope="module")
 def generated() -> Result:
-    return build(ROOT, checking=True)
+    return build(ROOT, PACKAGE, checking=True)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -40,7 +41,7 @@ def _generated_or_skip(result: Result, language: str) -> None:
 
 
 def test_codegen_is_deterministic(generated: Result, tmp_path: Path) -> None:
-    again = build(ROOT, checking=True)
+    again = build(ROOT, PACKAGE, checking=True)
     assert again.skipped == generated.skipped
     write(tmp_path / "a", generated)
     write(tmp_path / "b", again)
@@ -98,7 +99,7 @@ def test_docs_fall_back_to_the_proto_comment(tmp_path: Path) -> None:
     proto.write_text(
         proto.read_text().replace('[(fstore.field) = {description: "Top categories by spend, most spent first."}]', "")
     )
-    page = build(tmp_path, only={"docs"}, checking=True).outputs["docs/entities/user/v1.md"].decode()
+    page = build(tmp_path, PACKAGE, only={"docs"}, checking=True).outputs["docs/entities/user/v1.md"].decode()
     row = next(line for line in page.splitlines() if line.startswith("| `favorite_categories`"))
     assert "Top categories by spend, most spent first." in row  # from `// Top categories by spend, ...`
 
@@ -274,7 +275,7 @@ console.log(back.userId.toString(), back.age, back.country, JSON.stringify(toJso
 
 def _codegen_check(path_dirs: list[Path]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": os.pathsep.join(str(d) for d in path_dirs)}
-    code = "from store.cli import main; main()"
+    code = "from fstore.cli import main; main()"
     cmd = [sys.executable, "-c", code, "codegen", "--check", "--root", str(ROOT)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
 

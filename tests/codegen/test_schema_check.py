@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from store.cli import app
+from fstore.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_PROTO = "schemas/fstore/entities/user/v1/user.proto"

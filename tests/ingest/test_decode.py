@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.events import Event, decode_event
-from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION, DeadLetter
-from store.registry import EntitySpec, Registry
+from fstore.ingest.events import Event, decode_event
+from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.store.events import DeadLetter
 
 NOW = datetime.now(UTC)
 

@@ -9,8 +9,8 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.jsonmap import JsonEventParser
-from store.registry import Registry
+from fstore.ingest.jsonmap import JsonEventParser
+from fstore.schema.registry import Registry
 
 
 def reference(cls: type, line: str) -> bytes | str:

@@ -12,8 +12,8 @@ import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from typer.testing import CliRunner
 
-from store import FeatureStore
-from store.cli import app
+from fstore.cli import app
+from fstore.store import FeatureStore
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

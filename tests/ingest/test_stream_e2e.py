@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from store import FeatureStore
-from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-from store.local_services import RedisServer
-from store.registry import EntitySpec
-from store.settings import get_settings
+from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+from fstore.schema.registry import EntitySpec
+from fstore.settings import get_settings
+from fstore.store import FeatureStore
+from fstore.testing import RedisServer
 
 pytestmark = pytest.mark.emulator
 PROJECT = "fstore-local"
@@ -58,7 +58,7 @@ def stream_job(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]
     def start() -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"ingest-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "store.cli", "ingest", "stream"],
+            [sys.executable, "-m", "fstore.cli", "ingest", "stream"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ),

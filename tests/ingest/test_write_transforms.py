@@ -12,12 +12,12 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ingest.retry import until_stored
-from ingest.transforms import IngestEvents, Progress
-from store import FeatureStore
-from store.errors import StoreUnavailableError
-from store.events import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-from store.settings import load_settings
+from fstore.errors import StoreUnavailableError
+from fstore.ingest.retry import until_stored
+from fstore.ingest.transforms import IngestEvents, Progress
+from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
+from fstore.settings import load_settings
+from fstore.store import FeatureStore
 
 
 def test_ingest_events_stores_valid_events_and_writes_dead_letters(redis_url: str) -> None:

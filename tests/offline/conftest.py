@@ -10,9 +10,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.schema import arrow_schema
-from store.registry import EntitySpec, Registry
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.tables import arrow_schema
+from fstore.store.offline.duckdb import DuckDBOfflineStore
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -16,16 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import sqlglot
 
-from codegen.bigquery import bigquery_schema_fields
-from store.events import DeadLetter
-from store.offline import segments
-from store.offline.bigquery import BigQueryOfflineStore, finish_batches, json_row
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.export import plan_export
-from store.offline.schema import arrow_schema
-from store.offline.sql import bigquery_export_sql
-from store.registry import EntitySpec, Registry
-from store.settings import load_settings
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.tables import arrow_schema, bigquery_schema_fields
+from fstore.settings import load_settings
+from fstore.store.events import DeadLetter
+from fstore.store.offline import segments
+from fstore.store.offline.bigquery import BigQueryOfflineStore, finish_batches, json_row
+from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.export import plan_export
+from fstore.store.offline.sql import bigquery_export_sql
 
 from .conftest import T0, at, rows
 from .fake_bigquery import FakeBigQueryClient, to_duckdb

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from store.cli import app
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.spine import SpineError
-from store.registry import Registry
-from store.settings import get_settings
+from fstore.cli import app
+from fstore.schema.registry import Registry
+from fstore.settings import get_settings
+from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.spine import SpineError
 
 from .conftest import at, rows
 

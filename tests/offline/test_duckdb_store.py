@@ -12,13 +12,14 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from store.errors import SchemaError
-from store.events import DeadLetter
-from store.offline import open_offline_store
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.schema import DEAD_LETTER_SCHEMA, arrow_schema, messages_to_table
-from store.registry import EntitySpec, Registry
-from store.settings import load_settings
+from fstore.errors import SchemaError
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.tables import arrow_schema
+from fstore.settings import load_settings
+from fstore.store.events import DeadLetter
+from fstore.store.offline import open_offline_store
+from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, messages_to_table
 
 from .conftest import T0, at, rows
 
@@ -155,9 +156,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 import pyarrow as pa
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.schema import arrow_schema
-from store.registry import Registry
+from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.schema.tables import arrow_schema
+from fstore.schema.registry import Registry
 
 registry = Registry.from_descriptor_set(Path(sys.argv[2]))
 spec = registry.get("user", 1)
@@ -171,6 +172,6 @@ def test_other_processes_write_while_this_one_reads(offline: DuckDBOfflineStore,
     """No database lock: a second process appends while this one has read the store."""
     offline.write(user, rows(user, {"key": 100, "t": 0, "id": "first"}))
     assert offline.history(user).num_rows == 1
-    descriptors = Path(__file__).resolve().parents[2] / "clients/python/fstore/descriptor_set.binpb"
+    descriptors = Path(__file__).resolve().parents[2] / "clients/registry/descriptor_set.binpb"
     subprocess.run([sys.executable, "-c", CHILD_WRITER, str(offline.root), str(descriptors), "50"], check=True)
     assert offline.history(user).num_rows == 51

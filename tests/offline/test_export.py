@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store.offline.duckdb import DuckDBOfflineStore
-from store.registry import EntitySpec
+from fstore.schema.registry import EntitySpec
+from fstore.store.offline.duckdb import DuckDBOfflineStore
 
 from .conftest import at, rows
 
@@ -165,7 +165,7 @@ def test_progress_bar_runs_the_query(offline: DuckDBOfflineStore, tmp_path: Path
     """The bar polls DuckDB's progress from another thread; the query's result and errors come through."""
     import duckdb
 
-    from store.offline.duckdb import _execute_with_progress
+    from fstore.store.offline.duckdb import _execute_with_progress
 
     con = duckdb.connect()
     out = tmp_path / "p.parquet"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from store.offline import segments
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.schema import arrow_schema
-from store.registry import EntitySpec, Registry
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.tables import arrow_schema
+from fstore.store.offline import segments
+from fstore.store.offline.duckdb import DuckDBOfflineStore
 from tests.offline.conftest import T0, at, rows
 
 DAY = "date=2026-03-01"

@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store.errors import UnknownEntityError, UnknownFeatureError, UnknownVersionError
-from store.offline.duckdb import DuckDBOfflineStore
-from store.offline.export import ExportError, manifest_path
-from store.offline.schema import arrow_schema
-from store.offline.spine import SpineError, content_sha256
-from store.registry import EntitySpec
+from fstore.errors import UnknownEntityError, UnknownFeatureError, UnknownVersionError
+from fstore.schema.registry import EntitySpec
+from fstore.schema.tables import arrow_schema
+from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.export import ExportError, manifest_path
+from fstore.store.offline.spine import SpineError, content_sha256
 
 from .conftest import T0, at, rows
 

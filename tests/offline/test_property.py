@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.offline.duckdb import DuckDBOfflineStore
-from store.registry import Registry
+from fstore.schema.registry import Registry
+from fstore.store.offline.duckdb import DuckDBOfflineStore
 
 from .conftest import at, rows
 

@@ -12,9 +12,10 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2
 from google.protobuf.message import Message
 
-from store.events import event_time_micros, field_reader
-from store.offline.schema import ROW_WISE_MAX_ROWS, TIMESTAMP, arrow_schema, arrow_type, messages_to_table
-from store.registry import EntitySpec, FieldSpec
+from fstore.schema.registry import EntitySpec, FieldSpec
+from fstore.schema.tables import TIMESTAMP, arrow_schema, arrow_type
+from fstore.store.events import event_time_micros, field_reader
+from fstore.store.offline.schema import ROW_WISE_MAX_ROWS, messages_to_table
 
 F = descriptor_pb2.FieldDescriptorProto
 PROTO_TYPES = {

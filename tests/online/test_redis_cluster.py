@@ -9,11 +9,11 @@ import pytest
 import redis
 from google.protobuf.message import Message
 
-from store import FeatureStore
-from store.local_services import RedisClusterServers, ServiceUnavailable
-from store.online.redis import RedisOnlineStore, row_key
-from store.registry import EntitySpec, Registry
-from store.settings import RedisSettings, get_settings
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.settings import RedisSettings, get_settings
+from fstore.store import FeatureStore
+from fstore.store.online.redis import RedisOnlineStore, row_key
+from fstore.testing import RedisClusterServers, ServiceUnavailable
 
 
 @pytest.fixture(scope="module")

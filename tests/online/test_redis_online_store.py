@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from store import FeatureStore
-from store.cli import app
-from store.errors import InvalidIdError, StoreUnavailableError, UnknownEntityError, UnknownFeatureError
-from store.local_services import RedisServer
-from store.online.redis import COMPARE_AND_SET, RedisOnlineStore, _evalsha_head, _pack_evalsha, row_key
-from store.registry import EntitySpec, Registry
-from store.settings import RedisSettings
+from fstore.cli import app
+from fstore.errors import InvalidIdError, StoreUnavailableError, UnknownEntityError, UnknownFeatureError
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.settings import RedisSettings
+from fstore.store import FeatureStore
+from fstore.store.online.redis import COMPARE_AND_SET, RedisOnlineStore, _evalsha_head, _pack_evalsha, row_key
+from fstore.testing import RedisServer
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -319,7 +319,7 @@ def test_tls_rediss_url(tmp_path: Path, spec: EntitySpec) -> None:
     import shutil
     import subprocess
 
-    from store.local_services import free_port, redis_server_binary
+    from fstore.testing import free_port, redis_server_binary
 
     if not shutil.which("openssl"):
         pytest.skip("openssl not found: cannot make a test certificate")

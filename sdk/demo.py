@@ -20,11 +20,12 @@ from pathlib import Path
 
 import typer
 
-from store.local_services import PubSubEmulator, RedisServer, ServiceUnavailable, free_port
+from fstore.testing import PubSubEmulator, RedisServer, ServiceUnavailable, free_port
 
 USERS = 50
 EVENTS_PER_USER = 4
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
+# Events span the two weeks before today (the user entity's TTL is 30 days), so they are live online.
+T0 = (datetime.now(UTC) - timedelta(days=14)).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _step(n: int, text: str) -> None:
@@ -32,7 +33,7 @@ def _step(n: int, text: str) -> None:
 
 
 def _fstore(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "store.cli", *args]
+    cmd = [sys.executable, "-m", "fstore.cli", *args]
     typer.secho(f"   $ fstore {' '.join(args)}", fg=typer.colors.CYAN)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     out = (proc.stdout + proc.stderr).rstrip()
@@ -75,7 +76,7 @@ def sample_events(path: Path, users: int = USERS) -> tuple[Path, dict[int, dict[
 def _background(name: str, args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "store.cli", *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "fstore.cli", *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     typer.secho(f"   started {name} (pid {proc.pid}, log {log})", fg=typer.colors.CYAN)
     try:
@@ -91,7 +92,7 @@ def _background(name: str, args: list[str], log: Path) -> Iterator[subprocess.Po
 
 
 def _wait_online(user_ids: list[int], expected_country: dict[int, object], timeout: float) -> float:
-    from store import FeatureStore
+    from fstore.store import FeatureStore
 
     start = time.monotonic()
     with FeatureStore.from_config() as fs:
@@ -144,7 +145,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes 
         _fstore("dead-letters")
 
         _step(5, "Read features online: Python, CLI, HTTP")
-        from store import FeatureStore
+        from fstore.store import FeatureStore
 
         with FeatureStore.from_config() as fs:
             row = fs.get_online("user", [1], features=["age", "country", "is_premium"])[0]
@@ -169,26 +170,25 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes 
 
 
 def _publish_bad_events() -> None:
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    from fstore.entities.user.v1 import User, UserV1Publisher
-    from store.settings import load_settings
+    from fstore.ingest.publish import EventPublisher
+    from fstore.ingest.pubsub import topic_path
+    from fstore.schema.attributes import ATTR_FINGERPRINT
+    from fstore.schema.registry import Registry
+    from fstore.settings import load_settings
 
     settings = load_settings()
-    publisher = UserV1Publisher(settings.pubsub.topic_for("user"), project=settings.project)
-    stale = User(user_id=7, age=30)
-    stale.event_time.GetCurrentTime()
-    attributes = publisher.attributes(stale) | {"fstore_fingerprint": "0123456789abcdef"}
-    no_key = User(age=41)
-    no_key.event_time.GetCurrentTime()
-    client = pubsub_v1.PublisherClient()
-    topic = client.topic_path(settings.project, settings.pubsub.topic_for("user"))
-    client.publish(topic, stale.SerializeToString(), **attributes).result()
+    spec = Registry.default().get("user")
+    publisher = EventPublisher(spec, topic_path(settings, "user"))
+    stale = spec.message_class(user_id=7, age=30)
+    stale.event_time.GetCurrentTime()  # type: ignore[attr-defined]
+    no_key = spec.message_class(age=41)
+    no_key.event_time.GetCurrentTime()  # type: ignore[attr-defined]
+    publisher.publish(stale, overrides={ATTR_FINGERPRINT: "0123456789abcdef"}).result()
     publisher.publish(no_key).result()
 
 
 def _wait_dead_letters(count: int, timeout: float) -> None:
-    from store import FeatureStore
+    from fstore.store import FeatureStore
 
     deadline = time.monotonic() + timeout
     with FeatureStore.from_config() as fs:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.resources
 import json
 import re
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from store.errors import SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
+from fstore.errors import SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
 
 ENTITY_PACKAGE = re.compile(r"^fstore\.entities\.(?P<name>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)$")
 OPTIONS_FILE = "fstore/options.proto"
@@ -163,11 +162,15 @@ class Registry:
 
     @classmethod
     def default(cls) -> Registry:
-        """The registry of the configured descriptor set (settings), else the packaged one."""
-        from store.settings import get_settings
+        """The registry of the descriptor set the settings name (`descriptor_set` in fstore.yaml)."""
+        from fstore.settings import get_settings
 
-        path = get_settings().descriptor_set
-        return _load(str(path) if path else "")
+        return cls.load(get_settings().descriptor_set)
+
+    @classmethod
+    def load(cls, path: Path) -> Registry:
+        """The registry of the descriptor set at `path` (and the fingerprints.json beside it), read once."""
+        return _load(str(path))
 
     def entities(self) -> list[str]:
         return sorted(self._specs)
@@ -199,12 +202,12 @@ class Registry:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str) -> Registry:
-    if path:
-        return Registry.from_descriptor_set(Path(path))
-    package = importlib.resources.files("fstore")
-    prints = package / FINGERPRINTS_FILE
-    fingerprints = json.loads(prints.read_text()) if prints.is_file() else {}
-    return Registry.from_descriptor_set((package / "descriptor_set.binpb").read_bytes(), fingerprints)
+    if not Path(path).is_file():
+        raise SchemaError(
+            f"no descriptor set at {path}: run `fstore codegen` in your feature repo, or set `descriptor_set` in "
+            "fstore.yaml (FSTORE_DESCRIPTOR_SET) to the one it wrote"
+        )
+    return Registry.from_descriptor_set(Path(path))
 
 
 def read_fingerprints(path: Path) -> dict[str, list[str]]:

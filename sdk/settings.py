@@ -21,7 +21,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from store.errors import SettingsError
+from fstore.errors import SettingsError
 
 GCP_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
@@ -70,6 +70,35 @@ class ApiSettings(BaseModel):
     allow_unauthenticated_remote: bool = False
 
 
+PYTHON_PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
+
+
+class CodegenSettings(BaseModel):
+    # The generated Python client's package, under clients/python; None: from the feature repo's folder name.
+    python_package: str | None = None
+
+    @field_validator("python_package")
+    @classmethod
+    def _package(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not PYTHON_PACKAGE.match(value):
+            raise ValueError(f"{value!r} is not a Python package name (lower case, digits, '_', dotted)")
+        if value.split(".")[0] == "fstore":
+            raise ValueError(f"{value!r} would shadow fstore itself; choose another name, e.g. acme_features")
+        return value
+
+    def package_for(self, repo: Path) -> str:
+        """The configured package, else one derived from the repo's folder name (`acme-features` ->
+        `acme_features`; `fstore` -> `fstore_features`)."""
+        if self.python_package:
+            return self.python_package
+        name = re.sub(r"[^a-z0-9_]+", "_", repo.resolve().name.lower()).strip("_") or "features"
+        if name[0].isdigit() or name == "fstore":
+            name = f"{name}_features"
+        return name
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FSTORE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -80,12 +109,13 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # `duckdb:///path` (embedded, parquet segments under that path) or `bigquery://project/dataset`.
     offline: str = "duckdb:///.fstore/offline"
-    # Descriptor set written by `fstore codegen`; None: the one packaged with the generated client.
-    descriptor_set: Path | None = None
+    # The feature repo's descriptor set, written by `fstore codegen` (relative paths: from the working directory).
+    descriptor_set: Path = Path("clients/registry/descriptor_set.binpb")
     data_dir: Path = Path(".fstore")
     pubsub: PubSubSettings = Field(default_factory=PubSubSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    codegen: CodegenSettings = Field(default_factory=CodegenSettings)
 
     @field_validator("project")
     @classmethod

@@ -9,7 +9,7 @@ import importlib
 
 import typer
 
-from store.errors import FstoreError
+from fstore.errors import FstoreError
 
 app = typer.Typer(
     name="fstore",
@@ -24,15 +24,19 @@ def _root() -> None:
     """Settings come from fstore.yaml (or $FSTORE_CONFIG) with FSTORE_* environment overrides."""
 
 
-# module -> attribute that registers its commands on `app`; an area not built yet is simply absent.
-AREAS = ("codegen.cli", "store.online.cli", "store.offline.cli", "ingest.cli", "api.cli", "store.demo")
+# Each area's `cli` module registers its commands on `app`. A failed import is an error, never a missing
+# command: the modules are fstore's own, so a user's package of the same short name cannot stand in for one.
+AREAS = (
+    "fstore.codegen.cli",
+    "fstore.store.online.cli",
+    "fstore.store.offline.cli",
+    "fstore.ingest.cli",
+    "fstore.api.cli",
+    "fstore.demo",
+)
 
 for _module in AREAS:
-    try:
-        importlib.import_module(_module).register(app)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from fstore import options_pb2 as fstore_dot_options__pb2
+from demo_features import options_pb2 as fstore_dot_options__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
@@ -30,7 +30,7 @@ DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fstore/entities/
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fstore.entities.item.v1.item_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'demo_features.entities.item.v1.item_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\033dev.fstore.entities.item.v1P\001ZFgithub.com/fstore-dev/fstore/clients/go/fstore/entities/item/v1;itemv1'

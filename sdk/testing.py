@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from store.errors import FstoreError
+from fstore.errors import FstoreError
 
 
 class ServiceUnavailable(FstoreError):
