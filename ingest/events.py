@@ -6,7 +6,7 @@ streaming job, the backfill and the tests, and each rule is tested without Beam.
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from fstore.errors import FstoreError
 from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.registry import EntitySpec, Registry, RegistrySource
 from fstore.store.events import DeadLetter, event_time_micros
 
 # Event times outside [MIN_EVENT_TIME, now + max_future] are not "sane": a zero timestamp is an unset
@@ -48,13 +48,34 @@ class Event:
         )  # fmt: skip
 
 
-@functools.cache
-def default_registry() -> Registry:
-    return Registry.default()
+_job_registries: dict[str, Registry] = {}
+_job_registry_lock = threading.Lock()
+_current_job_registry: Registry | None = None
+
+
+def job_registry(source: RegistrySource | None = None) -> Registry:
+    """The registry of the job this process runs. Its steps carry the launcher's `RegistrySource` and call this
+    in `setup` with it (built once per process); without one, the last one built here, else the registry of
+    the settings' descriptor set. Elements that cross a process boundary are rebuilt with it."""
+    global _current_job_registry
+    if source is None:
+        return _current_job_registry or Registry.default()
+    with _job_registry_lock:
+        if source.digest not in _job_registries:
+            _job_registries[source.digest] = Registry.from_source(source)
+        _current_job_registry = _job_registries[source.digest]
+        return _current_job_registry
+
+
+def launcher_registry_source() -> RegistrySource:
+    """The source of the settings' registry, for a step built on the launching machine to carry."""
+    source = Registry.default().source
+    assert source is not None, "a registry read from a descriptor set knows its source"
+    return source
 
 
 def _rebuild(entity: str, version: int, data: bytes, message_id: str, publish: int, ingest: int) -> Event:
-    spec = default_registry().get(entity, version)
+    spec = job_registry().get(entity, version)
     return Event(entity, version, spec.message_class.FromString(data), message_id, publish, ingest)
 
 

@@ -26,7 +26,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from fstore.errors import FstoreError
-from fstore.ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, default_registry
+from fstore.ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, job_registry, launcher_registry_source
 from fstore.ingest.resources import IngestDoFn
 from fstore.ingest.transforms import DEAD_LETTERS, NAMESPACE, StoreWriter
 from fstore.schema.attributes import routing_attributes
@@ -113,9 +113,10 @@ class _ReadParquetEventsFn(beam.DoFn):
 
     def __init__(self, entity: str, version: int, batch_rows: int) -> None:
         self.entity, self.version, self.batch_rows = entity, version, batch_rows
+        self.registry_source = launcher_registry_source()
 
     def setup(self) -> None:
-        self.spec = default_registry().get(self.entity, self.version)
+        self.spec = job_registry(self.registry_source).get(self.entity, self.version)
         self.schema = input_schema(self.spec)
         self.attributes = routing_attributes(self.spec)
         self.read = Metrics.counter(NAMESPACE, "events_read")

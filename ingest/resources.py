@@ -3,7 +3,8 @@
 Beam's local runner pickles and unpickles every DoFn for every bundle (a pickling self-test), so `setup()`
 runs per bundle of ≤ 10 messages there; creating Redis pools, loading the Lua script and the descriptor set
 each time cost more than the work itself (measured with py-spy). DoFns therefore carry only the settings as
-JSON and look their clients up here. On Dataflow this is also right: one connection pool per worker process.
+JSON and the registry's source (the descriptor set's bytes), and look their clients up here. On Dataflow
+this is also right: one connection pool per worker process, and no feature repo needed on the worker.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from typing import Any
 
 import apache_beam as beam
 
-from fstore.schema.registry import Registry
+from fstore.ingest.events import job_registry
+from fstore.schema.registry import Registry, RegistrySource
 from fstore.settings import Settings
 from fstore.store.offline import OfflineStore, open_offline_store
 from fstore.store.online import OnlineStore, open_online_store
 
 
 class Resources:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
+        self.registry = registry
         self._lock = threading.Lock()
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
         self._publisher: Any = None
-        self.registry = Registry.load(settings.descriptor_set)
 
     @property
     def online(self) -> OnlineStore:
@@ -60,15 +62,17 @@ class Resources:
             self._offline = self._online = None
 
 
-_made: dict[str, Resources] = {}
+_made: dict[tuple[str, str], Resources] = {}
 _made_lock = threading.Lock()
 
 
-def resources(settings_json: str) -> Resources:
+def resources(settings_json: str, source: RegistrySource) -> Resources:
+    registry = job_registry(source)
     with _made_lock:
-        if settings_json not in _made:
-            _made[settings_json] = Resources(Settings.model_validate_json(settings_json))
-        return _made[settings_json]
+        key = (settings_json, source.digest)
+        if key not in _made:
+            _made[key] = Resources(Settings.model_validate_json(settings_json), registry)
+        return _made[key]
 
 
 def close_resources() -> None:
@@ -81,13 +85,16 @@ def close_resources() -> None:
 
 
 class IngestDoFn(beam.DoFn):
-    """Base of fstore's DoFns: holds the settings as JSON (cheap to pickle); `setup` finds the process's
-    shared clients in `self.res`."""
+    """Base of fstore's DoFns: holds the settings as JSON and the registry's source (cheap to pickle), read
+    where the job is built; `setup` finds the process's shared clients in `self.res`."""
 
     res: Resources
 
     def __init__(self, settings: Settings) -> None:
         self.settings_json = settings.model_dump_json()
+        source = Registry.load(settings.descriptor_set).source
+        assert source is not None, "a registry read from a descriptor set knows its source"
+        self.registry_source = source
 
     def setup(self) -> None:
-        self.res = resources(self.settings_json)
+        self.res = resources(self.settings_json, self.registry_source)

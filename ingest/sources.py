@@ -15,7 +15,7 @@ from apache_beam import pvalue
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from fstore.ingest.events import default_registry
+from fstore.ingest.events import job_registry, launcher_registry_source
 from fstore.ingest.jsonmap import JsonEventParser
 from fstore.ingest.transforms import DEAD_LETTERS
 from fstore.schema.attributes import ATTR_ENTITY, ATTR_VERSION, routing_attributes
@@ -43,7 +43,7 @@ class SourceRecord:
 def _rebuild_record(
     entity: str, version: int, data: bytes, attributes: dict[str, str], message_id: str, parsed: bytes, publish: Any
 ) -> SourceRecord:
-    message = default_registry().get(entity, version).message_class.FromString(parsed)
+    message = job_registry().get(entity, version).message_class.FromString(parsed)
     return SourceRecord(data, attributes, message_id, message, publish)
 
 
@@ -55,9 +55,10 @@ def backfill_message_id(payload: bytes) -> str:
 class _JsonLinesToRecordsFn(beam.DoFn):
     def __init__(self, entity: str, version: int) -> None:
         self.entity, self.version = entity, version
+        self.registry_source = launcher_registry_source()
 
     def setup(self) -> None:
-        self.spec = default_registry().get(self.entity, self.version)
+        self.spec = job_registry(self.registry_source).get(self.entity, self.version)
         self.parser = JsonEventParser(self.spec)
         self.attributes = routing_attributes(self.spec)
 

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
 
-__all__ = ["FeatureStore"]
+__all__ = ["DISTRIBUTION", "FeatureStore", "__version__"]
+
+DISTRIBUTION = "fstore-streaming"  # the PyPI name (`fstore` there is an unrelated project)
+__version__: str
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from fstore.store import FeatureStore
 
         return FeatureStore
+    if name == "__version__":
+        import importlib.metadata
+
+        return importlib.metadata.version(DISTRIBUTION)
     raise AttributeError(f"module 'fstore' has no attribute {name!r}")

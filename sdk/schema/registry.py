@@ -124,10 +124,24 @@ class EntitySpec:
         return tuple(self.feature(n) for n in names)
 
 
+@dataclass(frozen=True)
+class RegistrySource:
+    """What a registry is built from: a descriptor set, and every fingerprint each entity version has had.
+    A few kB that pickle: the ingest job's steps carry it, so its workers need no feature repo on disk."""
+
+    descriptor_set: bytes
+    fingerprints: dict[str, list[str]] = field(default_factory=dict, compare=False)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.descriptor_set + json.dumps(self.fingerprints, sort_keys=True).encode()).hexdigest()
+
+
 class Registry:
     """All entity versions of one descriptor set, looked up by name and version."""
 
-    def __init__(self, specs: Iterable[EntitySpec]) -> None:
+    def __init__(self, specs: Iterable[EntitySpec], source: RegistrySource | None = None) -> None:
+        self.source = source
         self._specs: dict[str, dict[int, EntitySpec]] = {}
         self._by_fingerprint: dict[str, EntitySpec] = {}
         for spec in specs:
@@ -158,7 +172,11 @@ class Registry:
                 spec = entity_spec(desc, options)
                 earlier = frozenset((fingerprints or {}).get(spec.ref, ())) - {spec.fingerprint}
                 specs.append(dataclasses.replace(spec, earlier_fingerprints=earlier))
-        return cls(specs)
+        return cls(specs, RegistrySource(raw, dict(fingerprints or {})))
+
+    @classmethod
+    def from_source(cls, source: RegistrySource) -> Registry:
+        return cls.from_descriptor_set(source.descriptor_set, source.fingerprints)
 
     @classmethod
     def default(cls) -> Registry:

@@ -11,7 +11,6 @@ per table when the export started), so the manifest describes exactly what was r
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+import fstore
 from fstore.errors import FstoreError
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 from fstore.store.events import utc_from_micros
@@ -159,7 +159,7 @@ def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> dict[s
     stats = output_stats(out, [c for j in plan.joins for c in j.columns])
     manifest = {
         "format": MANIFEST_FORMAT,
-        "fstore_version": importlib.metadata.version("fstore"),
+        "fstore_version": fstore.__version__,
         "created_at": datetime.now(UTC).isoformat(),
         "backend": backend,
         "features": list(plan.feature_refs),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import fstore
 from fstore.errors import UnknownEntityError, UnknownFeatureError, UnknownVersionError
 from fstore.schema.registry import EntitySpec
 from fstore.schema.tables import arrow_schema
@@ -90,7 +90,7 @@ def test_manifest_contents(offline: DuckDBOfflineStore, user: EntitySpec, item: 
     offline.write(item, rows(item, {"key": "a", "t": 0, "price": 2.0, "ingest": 9}))
     spine = pa.table({"user_id": [1, 2], "item_id": ["a", "a"], "event_timestamp": [at(1), at(1)]})
     m = offline.export_training_set(spine, ["user:age", "item:price", "item:brand"], tmp_path / "t.parquet")
-    assert m["fstore_version"] == importlib.metadata.version("fstore")
+    assert m["fstore_version"] == fstore.__version__
     assert m["features"] == ["user:age", "item:price", "item:brand"]
     assert [(e["entity"], e["version"], e["fingerprint"]) for e in m["entities"]] == [
         ("user", 1, user.fingerprint),
