@@ -10,14 +10,26 @@ import typer
 def codegen(
     check: bool = typer.Option(False, "--check", help="Exit 1 and name the stale files instead of writing."),
     root: Path = typer.Option(Path("."), help="Repository root (holds schemas/)."),
-    only: list[str] = typer.Option(None, "--only", help="Run only these generators (python, go, java, ...)."),
+    only: list[str] = typer.Option(
+        None, "--only", help="Run only these generators, repeated or comma-separated (registry, python, go, ...)."
+    ),
 ) -> None:
     """Generate clients, docs, BigQuery schemas and the descriptor set from schemas/ (deterministic)."""
-    from fstore.codegen.generate import build, stale, write
-    from fstore.settings import load_settings
+    from fstore.codegen.generate import build, generators, stale, write
+    from fstore.settings import CLIENT_LANGUAGES, load_settings
 
-    package = load_settings().codegen.package_for(root)
-    result = build(root, package, set(only) if only else None, checking=check)
+    settings = load_settings().codegen
+    package = settings.package_for(root)
+    chosen = {name.strip() for names in only for name in names.split(",") if name.strip()} if only else None
+    unknown = sorted((chosen or set()) - {g.name for g in generators()})
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown generator {', '.join(unknown)}; choose from {', '.join(g.name for g in generators())}",
+            param_hint="--only",
+        )
+    if chosen is None:
+        chosen = {g.name for g in generators() if g.name not in CLIENT_LANGUAGES or g.name in settings.languages}
+    result = build(root, package, chosen, checking=check)
     for name, why in result.skipped.items():
         typer.secho(f"skipped {name}: {why}", fg=typer.colors.YELLOW, err=True)
     if check:

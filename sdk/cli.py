@@ -33,6 +33,7 @@ AREAS = (
     "fstore.ingest.cli",
     "fstore.api.cli",
     "fstore.demo",
+    "fstore.scaffold",
 )
 
 for _module in AREAS:

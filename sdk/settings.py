@@ -11,7 +11,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -73,9 +73,15 @@ class ApiSettings(BaseModel):
 PYTHON_PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 
 
+ClientLanguage = Literal["python", "go", "java", "typescript"]
+CLIENT_LANGUAGES: tuple[ClientLanguage, ...] = ("python", "go", "java", "typescript")
+
+
 class CodegenSettings(BaseModel):
     # The generated Python client's package, under clients/python; None: from the feature repo's folder name.
     python_package: str | None = None
+    # Clients `fstore codegen` writes; the descriptor set, BigQuery schemas and docs are always written.
+    languages: list[ClientLanguage] = list(CLIENT_LANGUAGES)
 
     @field_validator("python_package")
     @classmethod
