@@ -34,6 +34,7 @@ AREAS = (
     "fstore.api.cli",
     "fstore.demo",
     "fstore.scaffold",
+    "fstore.stack",
 )
 
 for _module in AREAS:
@@ -41,6 +42,9 @@ for _module in AREAS:
 
 
 def main() -> None:
+    from fstore.stack import use_running_stack
+
+    use_running_stack()
     try:
         app()
     except FstoreError as exc:

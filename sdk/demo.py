@@ -167,6 +167,10 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes 
         )  # fmt: skip
         _fstore("ledger")
     typer.secho(f"\nDemo done. Data and logs are in {out}/", fg=typer.colors.GREEN, bold=True)
+    typer.echo(
+        f"Its Redis and emulator are stopped. Its history: FSTORE_OFFLINE=duckdb:///{out}/offline fstore ledger\n"
+        "A stack that stays up, for your own data: fstore up (README: Your own feature repo)."
+    )
 
 
 def _publish_bad_events() -> None:

