@@ -22,12 +22,15 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DAYS = 30
-START = "TIMESTAMPTZ '2026-01-01 00:00:00+00'"
+# The history covers the DAYS days before today (derived from now, like every benchmark's times).
+START_DATE = datetime.now(UTC).date() - timedelta(days=DAYS)
+START = f"TIMESTAMPTZ '{START_DATE} 00:00:00+00'"
 DAY_US = 86_400_000_000
 
 
@@ -35,7 +38,14 @@ def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) ->
     import duckdb
 
     marker = data / "generated.json"
-    params = {"rows": rows, "users": users, "spine_rows": spine_rows, "fresh": fresh, "layout": 2}
+    params = {
+        "rows": rows,
+        "users": users,
+        "spine_rows": spine_rows,
+        "fresh": fresh,
+        "layout": 2,
+        "start": str(START_DATE),
+    }
     if marker.is_file() and json.loads(marker.read_text()) == params:
         print(f"reusing data in {data}")
         return
@@ -46,7 +56,7 @@ def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) ->
     per_day = rows // DAYS
     for day in range(DAYS):
         first, last = day * per_day, (day + 1) * per_day if day < DAYS - 1 else rows
-        partition = data / "offline" / "user_v1" / f"date=2026-01-{day + 1:02d}"
+        partition = data / "offline" / "user_v1" / f"date={START_DATE + timedelta(days=day)}"
         partition.mkdir(parents=True)
         name = f"{day:032x}.parquet"  # a fresh segment; compacted below unless --fresh
         # hash(i) spreads keys and times; ingest lags the event by 1-60 s; ids are unique per row.
@@ -105,7 +115,9 @@ def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, f
             ON s.user_id = h.user_id AND s.event_timestamp >= h.event_time
         ) TO '{data / "floor.parquet"}' (FORMAT parquet)"""
     )
-    return {"seconds": time.perf_counter() - started, "cpu_seconds": _cpu() - cpu}
+    seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+    (rows,) = con.execute(f"SELECT count(*) FROM '{data / 'floor.parquet'}'").fetchone() or (0,)
+    return {"seconds": seconds, "cpu_seconds": cpu, "rows": rows}
 
 
 def _store(data: Path, memory_limit: str, threads: int | None) -> tuple[object, Any]:
@@ -181,6 +193,8 @@ def main() -> None:
     for _ in range(args.repeat):
         for which in ("floor", "fstore"):
             result = measure(which, args)
+            if result["rows"] != args.spine_rows:
+                raise SystemExit(f"benchmark: {which} wrote {result['rows']} rows for {args.spine_rows} spine rows")
             rate = args.spine_rows / result["seconds"]
             print(
                 f"{which:>6}: {result['seconds']:6.2f} s wall  {result['cpu_seconds']:6.2f} s CPU  "

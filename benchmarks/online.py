@@ -22,10 +22,12 @@ from sample_users import random_user
 from fstore.schema.registry import EntitySpec, Registry
 from fstore.settings import RedisSettings, load_settings
 from fstore.store import FeatureStore
+from fstore.store.online import WriteResult
 from fstore.store.online.redis import RedisOnlineStore
 from fstore.testing import RedisClusterServers, RedisServer
 
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
+# Event times spread over the 20 days after T0, all in the past and inside the user entity's 30-day TTL.
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=21)
 
 
 def user_messages(spec: EntitySpec, start: int, count: int, rng: random.Random) -> list[Message]:
@@ -62,12 +64,15 @@ def main() -> None:
 
         # Build messages outside the timed section: we time the store, not the test data generator.
         write_time = 0.0
+        written = WriteResult()
         for start in range(1, args.rows + 1, 50_000):
             chunk = user_messages(spec, start, min(50_000, args.rows + 1 - start), rng)
             t = time.perf_counter()
             for i in range(0, len(chunk), args.batch):
-                store.write(spec, chunk[i : i + args.batch])
+                written += store.write(spec, chunk[i : i + args.batch])
             write_time += time.perf_counter() - t
+        if written.written != args.rows:
+            raise SystemExit(f"benchmark: {written.written} of {args.rows} rows were written ({written}); no figures")
         print(f"writes (compare-and-set, batches of {args.batch}): {args.rows / write_time:,.0f} rows/s")
 
         # Same rows again, older: every write must lose (stale), and it is the CAS path's worst case.
@@ -77,6 +82,8 @@ def main() -> None:
         t = time.perf_counter()
         result = store.write(spec, stale)
         took = time.perf_counter() - t
+        if result.stale != len(stale):
+            raise SystemExit(f"benchmark: {result.stale} of {len(stale)} older rows were rejected ({result})")
         print(f"stale rewrites: {len(stale) / took:,.0f} rows/s, {result.stale} of {len(stale)} rejected as older")
 
         del chunk, stale
@@ -96,7 +103,8 @@ def main() -> None:
                 t = time.perf_counter()
                 rows = fs.get_online("user", ids)
                 samples.append(time.perf_counter() - t)
-                assert all(r is not None for r in rows)
+                if any(r is None for r in rows):
+                    raise SystemExit(f"benchmark: get_online missed rows that were written (ids {ids[:5]}…)")
             print(f"get_online {size:>5} ids, all features: {percentiles(samples)}")
         fs.close()
 

@@ -27,7 +27,8 @@ from typing import Any
 from sample_users import random_user
 
 ROOT = Path(__file__).resolve().parent.parent
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
+# Event times spread over the 20 days after T0, all in the past and inside the user entity's 30-day TTL.
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=21)
 
 
 def events(spec: Any, n: int, users: int, seed: int = 1) -> list[Any]:
@@ -68,6 +69,7 @@ def cpu(args: argparse.Namespace) -> None:
         online = RedisOnlineStore(server.url)
         offline = DuckDBOfflineStore.from_url(f"duckdb:///{tmp}/offline", registry)
         parts = {"decode+validate": 0.0, "offline batch (arrow)": 0.0, "offline write": 0.0, "online write": 0.0}
+        valid = 0
         for start in range(0, len(payloads), args.batch):
             t = time.process_time()
             results = [
@@ -75,6 +77,7 @@ def cpu(args: argparse.Namespace) -> None:
                 for i, p in enumerate(payloads[start : start + args.batch])
             ]
             decoded = [e for e in results if isinstance(e, Event)]
+            valid += len(decoded)
             t1 = time.process_time()
             table = messages_to_table(
                 spec, [e.message for e in decoded], [e.ingest_micros for e in decoded], [e.message_id for e in decoded]
@@ -86,6 +89,9 @@ def cpu(args: argparse.Namespace) -> None:
             t4 = time.process_time()
             for name, took in zip(parts, (t1 - t, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 parts[name] += took
+        stored = offline.history(spec).num_rows
+        if valid != args.events or stored != args.events:
+            raise SystemExit(f"benchmark: {valid} of {args.events} events decoded, {stored} stored offline")
         total = sum(parts.values())
         print(f"our transforms, CPU per event (batches of {args.batch}, {args.events} events):")
         for name, took in parts.items():
@@ -195,6 +201,8 @@ def stream(args: argparse.Namespace) -> None:
             time.sleep(0.2)
         took = time.perf_counter() - t
         kill(job)
+        if int(client.dbsize()) < keys:
+            raise SystemExit(f"benchmark: the job stopped with {client.dbsize()} of {keys} keys online; no figures")
         return args.events / took
 
     def trivial_job() -> float:
@@ -369,6 +377,11 @@ def backfill(args: argparse.Namespace) -> None:
                     [sys.executable, *cmd], env=stack.env, capture_output=True, text=True, check=False
                 )
                 took = time.perf_counter() - t
+            expected = f"{args.events} events read, {args.events} stored offline"
+            if proc.returncode != 0 or expected not in proc.stdout:
+                raise SystemExit(
+                    f"benchmark: backfill of {name} did not store every event:\n{proc.stdout}{proc.stderr}"
+                )
             print(
                 f"backfill {name}: {args.events:,} events in {took:.1f} s = {args.events / took:,.0f} events/s "
                 "(process start, pipeline and compaction)"
