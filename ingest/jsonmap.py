@@ -93,7 +93,7 @@ def _plain_numbers(values: list[Any], limit: float) -> bool:
         return True
     if not set(map(type, values)) <= _NUMBER_TYPES:
         return False
-    return max(values) <= limit and min(values) >= -limit
+    return bool(max(values) <= limit and min(values) >= -limit)
 
 
 _NUMBER_TYPES = {int, float}

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam import pvalue
-from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import Metrics
+from apache_beam.pvalue import PCollection
 
 from fstore.errors import FstoreError
 from fstore.ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, job_registry, launcher_registry_source
@@ -217,14 +218,14 @@ def latest_messages(spec: EntitySpec, table: pa.Table) -> tuple[list[Any], list[
     return messages, publish
 
 
-class BackfillParquet(beam.PTransform):
+class BackfillParquet(beam.PTransform[PCollection[str], PCollection[Any]]):
     """Parquet files of one entity version -> both stores, in Arrow batches; invalid rows as dead letters."""
 
     def __init__(self, settings: Settings, entity: str, version: int, batch_rows: int = BATCH_ROWS) -> None:
         super().__init__()
         self.settings, self.entity, self.version, self.batch_rows = settings, entity, version, batch_rows
 
-    def expand(self, paths: beam.PCollection) -> beam.PCollection:
+    def expand(self, paths: PCollection[Any]) -> PCollection[Any]:
         read = paths | "ReadBatches" >> beam.ParDo(
             _ReadParquetEventsFn(self.entity, self.version, self.batch_rows)
         ).with_outputs(DEAD_LETTERS, main="batches")

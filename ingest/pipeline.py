@@ -15,6 +15,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.pvalue import PBegin, PCollection
 
 from fstore.ingest.parquet import BackfillParquet
 from fstore.ingest.pubsub import Route
@@ -26,14 +27,14 @@ from fstore.settings import Settings
 PARALLEL_BACKFILL_BYTES = 64 << 20
 
 
-class ReadPubSubEvents(beam.PTransform):
+class ReadPubSubEvents(beam.PTransform[PBegin, PCollection[Any]]):
     """PubsubMessages (data, attributes, message id, publish time) from every route's subscription."""
 
     def __init__(self, routes: Sequence[Route]) -> None:
         super().__init__()
         self.routes = list(routes)
 
-    def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, begin: PBegin) -> PCollection[Any]:
         reads = [
             begin
             | f"Read {r.subscription.rsplit('/', 1)[1]}"
@@ -77,7 +78,7 @@ def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[Pipe
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
         return options, BundleBasedDirectRunner()
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
     return options, FnApiRunner()
 

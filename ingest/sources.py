@@ -12,6 +12,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.pvalue import PCollection
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -85,14 +86,14 @@ class _JsonLinesToRecordsFn(beam.DoFn):
         yield SourceRecord(raw, self.attributes, backfill_message_id(raw), message)
 
 
-class ReadJsonEvents(beam.PTransform):
+class ReadJsonEvents(beam.PTransform[PCollection[str], pvalue.DoOutputsTuple]):
     """JSONL files of one entity version -> records (`records`) | dead letters (`dead_letters`)."""
 
     def __init__(self, entity: str, version: int) -> None:
         super().__init__()
         self.entity, self.version = entity, version
 
-    def expand(self, paths: beam.PCollection) -> pvalue.DoOutputsTuple:
+    def expand(self, paths: PCollection[Any]) -> pvalue.DoOutputsTuple:
         lines = paths | "ReadLines" >> beam.io.ReadAllFromText()
         to_records = _JsonLinesToRecordsFn(self.entity, self.version)
         return lines | "JsonToRecords" >> beam.ParDo(to_records).with_outputs(DEAD_LETTERS, main="records")

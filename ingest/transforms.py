@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import Metrics
+from apache_beam.pvalue import PCollection
 
 from fstore.ingest.events import Event, decode_event
 from fstore.ingest.pubsub import deadletter_topic_path
@@ -193,7 +194,7 @@ class _IngestEventsFn(IngestDoFn):
         self.dead_letters.flush()
 
 
-class IngestEvents(beam.PTransform):
+class IngestEvents(beam.PTransform[PCollection[Any], PCollection[Any]]):
     """Pub/Sub messages (or records shaped like them) -> decoded and validated; valid events written to both
     stores, rejected ones to the dead-letter table (and topic, with `publish_dead_letters`). The output is the
     dead letters, already written: for counting and tests, not for writing again."""
@@ -206,7 +207,7 @@ class IngestEvents(beam.PTransform):
         self.flush_every = flush_every
         self.publish_dead_letters = publish_dead_letters
 
-    def expand(self, messages: beam.PCollection) -> beam.PCollection:
+    def expand(self, messages: PCollection[Any]) -> PCollection[Any]:
         return messages | beam.ParDo(_IngestEventsFn(self.settings, self.flush_every, self.publish_dead_letters))
 
 
@@ -235,7 +236,7 @@ def _dead_letter_attributes(letter: DeadLetter) -> dict[str, str]:
     }
 
 
-class WriteDeadLetters(beam.PTransform):
+class WriteDeadLetters(beam.PTransform[PCollection[Any], PCollection[Any]]):
     """Rejects of steps other than IngestEvents, with their original bytes, attributes and reason: to the offline
     store's dead-letter table and, with `publish`, to the dead-letter Pub/Sub topic."""
 
@@ -244,5 +245,5 @@ class WriteDeadLetters(beam.PTransform):
         self.settings = settings
         self.publish = publish
 
-    def expand(self, letters: beam.PCollection) -> beam.PCollection:
+    def expand(self, letters: PCollection[Any]) -> PCollection[Any]:
         return letters | beam.ParDo(_WriteDeadLettersFn(self.settings, self.publish))

@@ -148,7 +148,7 @@ class DuckDBOfflineStore(OfflineStore):
         self._remember(table.column(MESSAGE_ID).to_pylist())
         for partition_dir in touched:
             self._maybe_compact(spec, partition_dir)
-        return table.num_rows
+        return int(table.num_rows)
 
     def _journal(self, spec: EntitySpec, partition_dir: Path, part: pa.Table) -> None:
         """Append to this process's journal in the partition; seal journals that are full or old, and turn
@@ -194,7 +194,7 @@ class DuckDBOfflineStore(OfflineStore):
         table = dead_letters_to_table(letters)
         for day, part in split_by_day(table, INGEST_TIME):
             segments.write_segment(segments.partition_dir(self.root / DEAD_LETTERS_TABLE, day), part)
-        return table.num_rows
+        return int(table.num_rows)
 
     def _new_rows(self, table: pa.Table) -> pa.Table:
         """Each message id once (earliest ingest time), and none this process stored recently."""

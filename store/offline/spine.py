@@ -40,7 +40,7 @@ class Spine:
 
     @property
     def rows(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
     @property
     def columns(self) -> list[str]:
