@@ -80,9 +80,9 @@ def create_app(settings: Settings | None = None, store: FeatureStore | None = No
 
 
 def native_telemetry() -> TelemetryConfig:
-    """FastAPI's OpenTelemetry bridge looks up the global providers on every request (3% of the CPU of a 1-id read,
-    profiled). fstore exports Prometheus metrics itself, so the bridge is on only where OpenTelemetry is
-    configured through its standard environment."""
+    """FastAPI's OpenTelemetry bridge looks up the global providers on every request (a visible share of a
+    1-id read's CPU in a profile: docs/performance-notes.md). fstore exports Prometheus metrics itself, so the
+    bridge is on only where OpenTelemetry is configured through its standard environment."""
     wanted = any(os.environ.get(name) for name in OTEL_SIGNS)
     return {"tracing": wanted, "metrics": wanted, "logs": wanted}
 

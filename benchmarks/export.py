@@ -1,4 +1,4 @@
-"""Training-set export benchmark (issue 4): fstore's point-in-time export vs a hand-written DuckDB ASOF join.
+"""Training-set export benchmark: fstore's point-in-time export vs a hand-written DuckDB ASOF join.
 
     .venv/bin/python benchmarks/export.py                       # 10,000,000 rows, 1,000,000 users, 1,000,000 spine rows
     .venv/bin/python benchmarks/export.py --rows 1000000 --users 100000 --spine-rows 100000   # quick
@@ -133,9 +133,12 @@ def _store(data: Path, memory_limit: str, threads: int | None) -> tuple[object, 
 
 
 def run_fstore(data: Path, memory_limit: str, threads: int | None) -> dict[str, float]:
+    from fstore.store.offline.manifest import ExportOptions
+
     _, store = _store(data, memory_limit, threads)
     started, cpu = time.perf_counter(), _cpu()
-    manifest = store.export_training_set(data / "spine.parquet", ["user:*"], data / "train.parquet", progress=False)
+    options = ExportOptions(progress=False)
+    manifest = store.export_training_set(data / "spine.parquet", ["user:*"], data / "train.parquet", options)
     seconds, cpu = time.perf_counter() - started, _cpu() - cpu
     nulls = manifest["output"]["columns"]["user__age"]["nulls"]
     return {"seconds": seconds, "cpu_seconds": cpu, "rows": manifest["output"]["rows"], "age_nulls": nulls}

@@ -1,4 +1,4 @@
-"""Ingest benchmarks (issue 5). Starts its own Redis and Pub/Sub emulator; prints numbers.
+"""Ingest benchmarks. Starts its own Redis and Pub/Sub emulator; prints numbers.
 
 .venv/bin/python benchmarks/streaming.py cpu                 # µs per event of our transforms (no Beam)
 .venv/bin/python benchmarks/streaming.py freshness           # 20 events/s trickle: publish -> readable online

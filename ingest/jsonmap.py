@@ -1,8 +1,8 @@
 """Protobuf's JSON mapping of an entity message, parsed fast.
 
-`json_format.Parse` walks descriptors in Python for every field of every line (~40 µs for a `user` event);
-the backfill needs ≥ 30,000 lines/s. Entity messages are flat (scalars, repeated scalars, Timestamps), so a
-converter built once per entity version does the same job in a few µs. Anything it does not handle exactly
+`json_format.Parse` walks descriptors in Python for every field of every line, too slow for a large
+backfill. Entity messages are flat (scalars, repeated scalars, Timestamps), so a converter built once per
+entity version does the same job without walking descriptors per line. Anything it does not handle exactly
 (NaN strings, base64 bytes, nanosecond timestamps, wrong types) falls back to `json_format.Parse`, which
 stays the judge of what is valid and produces the error message.
 """

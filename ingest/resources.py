@@ -2,7 +2,7 @@
 
 Beam's local runner pickles and unpickles every DoFn for every bundle (a pickling self-test), so `setup()`
 runs per bundle of ≤ 10 messages there; creating Redis pools, loading the Lua script and the descriptor set
-each time cost more than the work itself (measured with py-spy). DoFns therefore carry only the settings as
+each time would cost more than the work itself. DoFns therefore carry only the settings as
 JSON and the registry's source (the descriptor set's bytes), and look their clients up here. On Dataflow
 this is also right: one connection pool per worker process, and no feature repo needed on the worker.
 """

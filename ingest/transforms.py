@@ -5,7 +5,8 @@
 
 IngestEvents is one step on purpose. Beam's local runner pays a fixed cost per step and per bundle of ≤ 10
 messages, larger than decoding and both writes together, and schedules every downstream step for every
-bundle even when its input is empty: a separate dead-letter step cost 15% of streaming throughput (measured).
+bundle even when its input is empty: a separate dead-letter step would be paid for on every bundle, though
+almost none carry a dead letter.
 On Dataflow the steps would be fused anyway. `WriteDeadLetters` remains for the rejects of other steps (the
 backfill's file readers). The rules are `ingest.events.decode_event`, the writes `StoreWriter` and
 `DeadLetterWriter`.

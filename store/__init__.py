@@ -3,7 +3,7 @@ delegates to the online store (Redis) and the offline store (DuckDB or BigQuery)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from fstore.schema.registry import EntitySpec, Registry
 from fstore.settings import Settings, load_settings
 from fstore.store.ids import check_ids
 from fstore.store.offline import OfflineStore, open_offline_store
+from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.online import OnlineStore, Row, WriteResult, open_online_store
 
 __all__ = ["FeatureStore"]
@@ -83,10 +84,23 @@ class FeatureStore:
         return self.online.write(self.spec(entity, version), messages)
 
     def export_training_set(
-        self, spine: Any, features: Sequence[str] | None, out: str | Path, **options: Any
-    ) -> dict[str, Any]:
-        """Point-in-time-correct training set: parquet at `out`, manifest beside it; returns the manifest."""
-        return self.offline.export_training_set(spine, features, Path(out), **options)
+        self,
+        spine: Any,
+        features: Sequence[str] | None,
+        out: str | Path,
+        *,
+        timestamp_column: str | None = None,
+        versions: Mapping[str, int] | None = None,
+        column_format: str | None = None,
+        reproduce: Manifest | str | Path | None = None,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        progress: bool = True,
+    ) -> Manifest:
+        """Point-in-time-correct training set: parquet at `out`, manifest beside it; returns the manifest.
+        The options are `ExportOptions`' (store/offline/manifest.py)."""
+        options = ExportOptions(timestamp_column, versions, column_format, reproduce, memory_limit, threads, progress)
+        return self.offline.export_training_set(spine, features, Path(out), options)
 
     def close(self) -> None:
         for store in (self._online, self._offline):

@@ -28,7 +28,7 @@ def event_time_micros(spec: EntitySpec, message: Message) -> int:
 
 def event_times_micros(spec: EntitySpec, messages: Iterable[Message]) -> list[int]:
     """`event_time_micros` of each message, for the per-batch hot paths: one comprehension instead of a
-    call per row (3.8 -> 2.4 µs for 10 rows, 353 -> 230 µs for 1,000; measured)."""
+    call per row, which saves a Python call per message."""
     return [
         ts.seconds * 1_000_000 + ts.nanos // 1_000 for ts in map(operator.attrgetter(spec.event_time.name), messages)
     ]

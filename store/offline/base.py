@@ -7,12 +7,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from fstore.schema.registry import EntitySpec
 from fstore.store.events import DeadLetter
+from fstore.store.offline.manifest import ExportOptions, Manifest
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    table: str
+    partitions: int
+    files_merged: int
+    rows: int
+
+
+class Compaction(Protocol):
+    def compact(self, spec: EntitySpec, *, min_fresh: int = 1) -> CompactionResult:
+        """Fold each day partition with at least `min_fresh` fresh files into one deduplicated file. Safe while
+        ingest writes and exports read."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,8 @@ class LedgerEntry:
 
 
 class OfflineStore(ABC):
+    """Backends implement these; `FeatureStore` and the ingest job call them."""
+
     @abstractmethod
     def write(self, spec: EntitySpec, rows: pa.Table) -> int:
         """Append rows (schema: `store.offline.schema.arrow_schema(spec)`). Rows whose message id is
@@ -50,15 +67,24 @@ class OfflineStore(ABC):
         """Per entity version: row count, first/last event time, last ingest time."""
 
     @abstractmethod
+    def high_water_mark(self, spec: EntitySpec) -> int | None:
+        """Max ingest time (µs since the epoch) stored for the entity version; None when it has no rows.
+        An export reads only rows at or below it, and its manifest records it."""
+
+    @abstractmethod
     def export_training_set(
-        self,
-        spine: Any,
-        features: Sequence[str] | None,
-        out: Path,
-        **options: Any,
-    ) -> dict[str, Any]:
-        """Point-in-time-correct join of `spine` with the features; writes parquet at `out` and its
-        manifest beside it; returns the manifest."""
+        self, spine: Any, features: Sequence[str] | None, out: Path, options: ExportOptions | None = None
+    ) -> Manifest:
+        """Point-in-time-correct join of `spine` (a table, or a parquet/CSV path) with `features`
+        (`entity:feature` or `entity:*`; None only with `options.reproduce`): for each spine row, the latest
+        value whose event time is at or before the row's timestamp and within the entity's TTL. Writes
+        parquet at `out` and `<out>.manifest.json` beside it; returns the manifest."""
+
+    @property
+    def compaction(self) -> Compaction | None:
+        """How to fold this store's files, for a backend that keeps them (the embedded store); None for one
+        that needs no compaction (BigQuery)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

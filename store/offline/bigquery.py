@@ -32,6 +32,7 @@ from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline.base import LedgerEntry, OfflineStore
 from fstore.store.offline.duckdb import conform
 from fstore.store.offline.export import ExportPlan, finish_export, plan_export
+from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.schema import (
     DEAD_LETTER_SCHEMA,
     DEAD_LETTERS_TABLE,
@@ -192,31 +193,11 @@ class BigQueryOfflineStore(OfflineStore):
     # --- export ------------------------------------------------------------------------------------------
 
     def export_training_set(
-        self,
-        spine: Any,
-        features: Sequence[str] | None,
-        out: Path,
-        *,
-        timestamp_column: str | None = None,
-        versions: dict[str, int] | None = None,
-        column_format: str | None = None,
-        reproduce: dict[str, Any] | str | Path | None = None,
-        progress: bool = True,
-        **unknown: Any,
-    ) -> dict[str, Any]:
-        """Same options and result as the DuckDB backend's (memory limits do not apply: BigQuery runs the join)."""
-        if unknown:
-            raise TypeError(f"unknown export option(s): {', '.join(sorted(unknown))}")
-        plan = plan_export(
-            self.registry,
-            spine,
-            features,
-            timestamp_column=timestamp_column,
-            versions=versions,
-            column_format=column_format,
-            reproduce=reproduce,
-            high_water_mark=self.high_water_mark,
-        )
+        self, spine: Any, features: Sequence[str] | None, out: Path, options: ExportOptions | None = None
+    ) -> Manifest:
+        """As the DuckDB backend's; `memory_limit` and `threads` do not apply (BigQuery runs the join)."""
+        options = options or ExportOptions()
+        plan = plan_export(self.registry, spine, features, options, self.high_water_mark)
         suffix = uuid.uuid4().hex[:12]
         spine_table, result_table = f"_fstore_spine_{suffix}", f"_fstore_export_{suffix}"
         out = Path(out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -42,17 +41,18 @@ def export(
 
     if reproduce is None and (spine is None or not features):
         raise ExportError("--spine and --features are required (unless --reproduce is given)")
-    options: dict[str, Any] = {
-        "timestamp_column": timestamp_column,
-        "versions": parse_versions(version) or None,
-        "column_format": column_format,
-        "reproduce": reproduce,
-    }
-    if memory_limit:
-        options["memory_limit"] = memory_limit
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     with FeatureStore.from_config() as fs:
-        manifest = fs.export_training_set(spine, names, out, **options)
+        manifest = fs.export_training_set(
+            spine,
+            names,
+            out,
+            timestamp_column=timestamp_column,
+            versions=parse_versions(version) or None,
+            column_format=column_format,
+            reproduce=reproduce,
+            memory_limit=memory_limit,
+        )
     typer.echo(f"wrote {manifest['output']['rows']:,} rows to {out}")
     typer.echo(f"manifest: {manifest_path(out)}")
     if reproduce is not None:
@@ -109,11 +109,10 @@ def compact(
     """Merge the embedded store's segments, and the journals of writers that are done, into one file per day."""
     from fstore.errors import SettingsError
     from fstore.store import FeatureStore
-    from fstore.store.offline.duckdb import DuckDBOfflineStore
 
     with FeatureStore.from_config() as fs:
-        store = fs.offline
-        if not isinstance(store, DuckDBOfflineStore):
+        store = fs.offline.compaction
+        if store is None:
             raise SettingsError("compact applies to the embedded (duckdb://) offline store; BigQuery needs none")
         specs = [s for s in fs.registry if entity is None or s.name == entity]
         if entity is not None and not specs:

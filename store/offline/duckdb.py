@@ -5,25 +5,21 @@ appended to this process's journal in its partition, which becomes a segment whe
 Reads open a fresh in-memory DuckDB connection per call, so any number of processes can read while ingest
 writes; they see journals up to their last complete batch.
 Deduplication by message id: each written batch is deduplicated, and ids this process wrote recently are
-skipped (catches Pub/Sub redeliveries cheaply); every read then deduplicates partitions holding fresh
-segments, keeping each message id's earliest ingest, and `compact` folds those partitions into one
-deduplicated file, after which reads skip the work. Compaction runs on its own once a partition holds
-`compact_after` fresh segments, and on demand with `fstore compact`.
+skipped (recent.py); every read then deduplicates partitions holding fresh segments, keeping each message
+id's earliest ingest, and compaction (compaction.py) folds those partitions into one deduplicated file,
+after which reads skip the work.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -37,37 +33,20 @@ from fstore.schema.registry import EntitySpec, Registry
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, arrow_schema
 from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline import segments
-from fstore.store.offline.base import LedgerEntry, OfflineStore
+from fstore.store.offline.base import Compaction, CompactionResult, LedgerEntry, OfflineStore
+from fstore.store.offline.compaction import CompactionPolicy, Compactor, escape, partitions_to_fold
 from fstore.store.offline.export import finish_export, plan_export, quote
+from fstore.store.offline.manifest import ExportOptions, Manifest
+from fstore.store.offline.progress import execute_with_progress
+from fstore.store.offline.recent import RecentMessageIds
 from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, dead_letters_to_table
-from fstore.store.offline.sql import (
-    duckdb_compaction_sql,
-    duckdb_export_source,
-    duckdb_export_sql,
-    duckdb_history,
-    history_filters,
-)
-
-log = logging.getLogger("fstore.offline")
+from fstore.store.offline.sql import duckdb_export_source, duckdb_export_sql, duckdb_history, history_filters
 
 SPINE_VIEW = "__fstore_spine"
-DEFAULT_COMPACT_AFTER = 256
-RECENT_IDS = 200_000
 READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it: list again and retry
 ROW_GROUP_ROWS = 122_880
-JOURNAL_BELOW_ROWS = 1_000  # smaller batches are journaled; at 1,000 rows a segment costs ~1 µs a row
-JOURNAL_MAX_ROWS = 100_000  # then the journal becomes a segment: readers hold journals in memory
-JOURNAL_MAX_SECONDS = 60.0
-PAST_DAY_RECOMPACT_SECONDS = 3_600.0
 _EPOCH_DAY = date(1970, 1, 1)
-
-
-@dataclass(frozen=True)
-class CompactionResult:
-    table: str
-    partitions: int
-    files_merged: int
-    rows: int
+URL_OPTIONS = ("memory_limit", "threads", "temp_directory", "compact_after")
 
 
 class DuckDBOfflineStore(OfflineStore):
@@ -79,28 +58,18 @@ class DuckDBOfflineStore(OfflineStore):
         memory_limit: str | None = None,
         threads: int | None = None,
         temp_directory: Path | None = None,
-        compact_after: int = DEFAULT_COMPACT_AFTER,
-        journal_below_rows: int = JOURNAL_BELOW_ROWS,
+        policy: CompactionPolicy | None = None,
     ) -> None:
         self.root = Path(root)
         self.registry = registry
         self.memory_limit = memory_limit
         self.threads = threads
         self.temp_directory = temp_directory or self.root / ".tmp"
-        self.compact_after = compact_after
-        self.journal_below_rows = journal_below_rows
-        self.journal_max_rows, self.journal_max_seconds = JOURNAL_MAX_ROWS, JOURNAL_MAX_SECONDS
-        self.settle_past_days = True  # see _past_day_due
+        self.policy = policy or CompactionPolicy()
         self._journals: dict[Path, tuple[EntitySpec, segments.Journal]] = {}  # by partition
         self._journal_lock = threading.Lock()
-        self._recent: OrderedDict[str, None] = OrderedDict()
-        self._recent_lock = threading.Lock()
-        # Segments this process wrote per partition since it last looked: listing a partition on every small
-        # streaming write cost more than writing the segment (measured), so we look every `compact_after / 4`.
-        self._written_since_check: dict[Path, int] = {}
-        # Compaction rewrites a whole day: off the write path, one at a time, so ingest never waits for it.
-        self._compactor: ThreadPoolExecutor | None = None
-        self._compacting: set[Path] = set()
+        self._recent = RecentMessageIds()
+        self._compactor = Compactor(self.policy, self._connect)
 
     @classmethod
     def from_url(cls, url: str, registry: Registry) -> DuckDBOfflineStore:
@@ -108,23 +77,27 @@ class DuckDBOfflineStore(OfflineStore):
         `memory_limit=2GB`, `threads=4`, `temp_directory=/path`, `compact_after=256`."""
         if not url.startswith("duckdb:///"):
             raise SettingsError(f"offline: {url!r} must look like duckdb:///path")
-        parsed = urlparse(url)
         path = url[len("duckdb:///") :].split("?", 1)[0]
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        unknown = set(query) - {"memory_limit", "threads", "temp_directory", "compact_after"}
+        query = {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
+        unknown = set(query) - set(URL_OPTIONS)
         if unknown or not path:
             raise SettingsError(f"offline: {url!r}: unknown parameter(s) {', '.join(sorted(unknown))} or no path")
         try:
+            policy = CompactionPolicy(compact_after=int(query.get("compact_after", CompactionPolicy.compact_after)))
             return cls(
                 Path(path),
                 registry,
                 memory_limit=query.get("memory_limit"),
                 threads=int(query["threads"]) if "threads" in query else None,
                 temp_directory=Path(query["temp_directory"]) if "temp_directory" in query else None,
-                compact_after=int(query.get("compact_after", DEFAULT_COMPACT_AFTER)),
+                policy=policy,
             )
         except ValueError as exc:
             raise SettingsError(f"offline: {url!r}: {exc}") from None
+
+    @property
+    def compaction(self) -> Compaction:
+        return self
 
     # --- writes ------------------------------------------------------------------------------------------
 
@@ -133,21 +106,21 @@ class DuckDBOfflineStore(OfflineStore):
         for column in (spec.key.name, spec.event_time.name, INGEST_TIME, MESSAGE_ID):
             if table.column(column).null_count:
                 raise SchemaError(f"rows for {spec.ref}: column {column!r} has nulls; every row needs one")
-        table = self._new_rows(table)
+        table = self._recent.new_rows(table)
         if table.num_rows == 0:
             return 0
         table_dir = self.root / spec.table_name
         touched = []
         for day, part in split_by_day(table, spec.event_time.name):
             partition_dir = segments.partition_dir(table_dir, day)
-            if part.num_rows < self.journal_below_rows:
+            if part.num_rows < self.policy.journal_below_rows:
                 self._journal(spec, partition_dir, part)
             else:
                 segments.write_segment(partition_dir, part)
                 touched.append(partition_dir)
-        self._remember(table.column(MESSAGE_ID).to_pylist())
+        self._recent.remember(table.column(MESSAGE_ID).to_pylist())
         for partition_dir in touched:
-            self._maybe_compact(spec, partition_dir)
+            self._compactor.after_segment(spec, partition_dir)
         return int(table.num_rows)
 
     def _journal(self, spec: EntitySpec, partition_dir: Path, part: pa.Table) -> None:
@@ -158,18 +131,14 @@ class DuckDBOfflineStore(OfflineStore):
         with self._journal_lock:
             if partition_dir not in self._journals:
                 self._journals[partition_dir] = (spec, segments.Journal(partition_dir, arrow_schema(spec)))
-                self._in_background(self._convert_journals, spec, partition_dir)  # any left by dead writers
+                self._compactor.submit(self._compactor.convert_journals, spec, partition_dir)  # dead writers'
             self._journals[partition_dir][1].append(part)
             now = time.monotonic()
-            done = [
-                path
-                for path, (_, j) in self._journals.items()
-                if j.rows >= self.journal_max_rows or now - j.opened >= self.journal_max_seconds
-            ]
+            done = [path for path, (_, j) in self._journals.items() if self.policy.journal_done(j, now)]
             for path in done:
                 owner, journal = self._journals.pop(path)
                 journal.seal()
-                self._in_background(self._convert_journals, owner, path)
+                self._compactor.submit(self._compactor.convert_journals, owner, path)
 
     def flush_journals(self) -> int:
         """Seal this store's journals and turn them into segments now; returns how many."""
@@ -181,13 +150,6 @@ class DuckDBOfflineStore(OfflineStore):
             segments.journal_to_segment(journal.path)
         return len(sealed)
 
-    def _convert_journals(self, spec: EntitySpec, partition_dir: Path) -> None:
-        """Turn the partition's unheld journals (sealed ones, or those of writers that died) into segments,
-        then compact the partition if that is due."""
-        converted = [segments.journal_to_segment(p) for p in segments.read_partition(partition_dir).journals]
-        if any(converted) and self.compact_after > 0 and self._due(segments.read_partition(partition_dir)):
-            self._compact_partition(spec, partition_dir)
-
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         if not letters:
             return 0
@@ -195,26 +157,6 @@ class DuckDBOfflineStore(OfflineStore):
         for day, part in split_by_day(table, INGEST_TIME):
             segments.write_segment(segments.partition_dir(self.root / DEAD_LETTERS_TABLE, day), part)
         return int(table.num_rows)
-
-    def _new_rows(self, table: pa.Table) -> pa.Table:
-        """Each message id once (earliest ingest time), and none this process stored recently."""
-        ids = table.column(MESSAGE_ID).to_pylist()
-        ingest = table.column(INGEST_TIME).cast(pa.int64()).to_numpy()
-        keep: dict[str, int] = {}
-        with self._recent_lock:
-            for i in np.argsort(ingest, kind="stable").tolist():
-                if ids[i] not in keep and ids[i] not in self._recent:
-                    keep[ids[i]] = i
-        if len(keep) == len(ids):
-            return table
-        return table.take(pa.array(sorted(keep.values()), type=pa.int64()))
-
-    def _remember(self, ids: list[str]) -> None:
-        with self._recent_lock:
-            for message_id in ids:
-                self._recent[message_id] = None
-            while len(self._recent) > RECENT_IDS:
-                self._recent.popitem(last=False)
 
     # --- compaction --------------------------------------------------------------------------------------
 
@@ -224,112 +166,17 @@ class DuckDBOfflineStore(OfflineStore):
         (writers that died); journals of live writers stay. Safe while ingest writes and exports read; a
         partition another process is compacting is skipped."""
         self.flush_journals()
-        done = CompactionResult(spec.table_name, 0, 0, 0)
-        for partition in segments.partitions(self.root / spec.table_name):
-            if (len(partition.fresh) >= min_fresh or partition.journals) and not partition.is_clean:
-                merged = self._compact_partition(spec, partition.path)
-                if merged is not None:
-                    done = CompactionResult(
-                        spec.table_name, done.partitions + 1, done.files_merged + merged[0], done.rows + merged[1]
-                    )
-        return done
-
-    def _maybe_compact(self, spec: EntitySpec, partition_dir: Path) -> None:
-        if self.compact_after <= 0:
-            return
-        written = self._written_since_check.get(partition_dir, 0) + 1
-        if written < max(1, self.compact_after // 4):
-            self._written_since_check[partition_dir] = written
-            return
-        self._written_since_check[partition_dir] = 0
-        if partition_dir in self._compacting or not self._due(segments.read_partition(partition_dir)):
-            return
-        with self._recent_lock:  # writers may share this store across threads
-            if partition_dir in self._compacting:
-                return
-            self._compacting.add(partition_dir)
-        self._in_background(self._compact_in_background, spec, partition_dir)
-
-    def _in_background(self, work: Any, spec: EntitySpec, partition_dir: Path) -> None:
-        with self._recent_lock:
-            if self._compactor is None:
-                self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fstore-compact")
-            self._compactor.submit(self._logged, work, spec, partition_dir)
-
-    @staticmethod
-    def _logged(work: Any, spec: EntitySpec, partition_dir: Path) -> None:
-        try:
-            work(spec, partition_dir)
-        except Exception:  # losing nothing: journals and segments stay as they are, the next attempt retries
-            log.exception("background %s of %s failed; its files are kept as they are", work.__name__, partition_dir)
-
-    def _due(self, partition: segments.Partition) -> bool:
-        """Compaction rewrites the whole day, so rewriting it every `compact_after` segments would cost O(n²)
-        over a busy day (measured: the streaming job fell from 90% to 79% of the runner's ceiling between
-        30,000 and 100,000 events). Rewrite only when the fresh data is at least half the compacted file, so
-        each rewrite is 1.5x the last and a day costs O(n log n); and always past 16x `compact_after` segments,
-        which bounds what reads must deduplicate."""
-        fresh = len(partition.fresh)
-        if fresh and self.settle_past_days and self._past_day_due(partition):
-            return True
-        if fresh < self.compact_after:
-            return False
-        if partition.compacted is None or fresh >= 16 * self.compact_after:
-            return True
-        try:
-            fresh_bytes = sum(p.stat().st_size for p in partition.fresh)
-            return fresh_bytes * 2 >= partition.compacted.stat().st_size
-        except FileNotFoundError:  # another process compacted meanwhile
-            return False
-
-    @staticmethod
-    def _past_day_due(partition: segments.Partition) -> bool:
-        """A day that is over (UTC) only gets late events: fold it whole, so exports read it without
-        deduplication instead of leaving its last hours of segments mixed in until `fstore compact`; but at
-        most once an hour, so a trickle of late events does not rewrite the whole day every minute."""
-        if partition.day is None or partition.day >= datetime.now(UTC).date():
-            return False
-        if partition.compacted is None:
-            return True
-        try:
-            return time.time() - partition.compacted.stat().st_mtime >= PAST_DAY_RECOMPACT_SECONDS
-        except FileNotFoundError:  # another process compacted meanwhile
-            return False
-
-    def _compact_in_background(self, spec: EntitySpec, partition_dir: Path) -> None:
-        try:
-            self._compact_partition(spec, partition_dir)
-        finally:
-            self._compacting.discard(partition_dir)
+        partitions = files = rows = 0
+        for partition_dir in partitions_to_fold(self.root / spec.table_name, min_fresh):
+            merged = self._compactor.fold(spec, partition_dir)
+            if merged is not None:
+                partitions, files, rows = partitions + 1, files + merged[0], rows + merged[1]
+        return CompactionResult(spec.table_name, partitions, files, rows)
 
     def close(self) -> None:
-        """Turn this store's journals into segments, and wait for background work in progress (it is safe to
-        interrupt, but finishing it is cheaper)."""
-        if self._compactor is not None:
-            self._compactor.shutdown(wait=True)
-            self._compactor = None
+        """Turn this store's journals into segments, after background work in progress."""
+        self._compactor.close()
         self.flush_journals()
-
-    def _compact_partition(self, spec: EntitySpec, partition_dir: Path) -> tuple[int, int] | None:
-        with segments.compaction_lock(partition_dir) as mine:
-            if not mine:
-                return None
-            for journal in segments.read_partition(partition_dir).journals:
-                segments.journal_to_segment(journal)  # those no writer holds
-            partition = segments.read_partition(partition_dir)
-            if not partition.fresh:
-                return None  # one compacted file (journals being written aside) is as compact as it gets
-            target = segments.next_compacted_path(partition)
-            tmp = target.with_name(f".{target.name}.tmp")
-            sql = duckdb_compaction_sql(spec.key.name, spec.event_time.name, [str(p) for p in partition.files])
-            with self._connect() as con:
-                con.execute(f"COPY ({sql}) TO '{_escape(str(tmp))}' (FORMAT parquet)")
-                rows = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchone()
-            os.replace(tmp, target)
-            for path in partition.files:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            return len(partition.files), int(rows[0]) if rows else 0
 
     # --- reads -------------------------------------------------------------------------------------------
 
@@ -382,43 +229,10 @@ class DuckDBOfflineStore(OfflineStore):
     # --- export ------------------------------------------------------------------------------------------
 
     def export_training_set(
-        self,
-        spine: Any,
-        features: Sequence[str] | None,
-        out: Path,
-        *,
-        timestamp_column: str | None = None,
-        versions: dict[str, int] | None = None,
-        column_format: str | None = None,
-        reproduce: dict[str, Any] | str | Path | None = None,
-        memory_limit: str | None = None,
-        threads: int | None = None,
-        progress: bool = True,
-        **unknown: Any,
-    ) -> dict[str, Any]:
-        """Point-in-time-correct join of `spine` with `features` (`entity:feature` or `entity:*`), written to
-        parquet at `out` with `<out>.manifest.json` beside it; returns the manifest.
-
-        timestamp_column: the spine's timestamp column (default `event_timestamp`).
-        versions: entity -> version to read (default: the latest version of each entity).
-        column_format: output column names, from {entity}, {feature}, {version} (default `{entity}__{feature}`).
-        reproduce: a manifest (or its path): re-run it, same features, versions and high-water marks.
-        memory_limit / threads: DuckDB limits for this export (default: the store's); beyond the memory
-            limit DuckDB spills to the store's temp directory.
-        progress: show a progress bar, only when stderr is a terminal.
-        """
-        if unknown:
-            raise TypeError(f"unknown export option(s): {', '.join(sorted(unknown))}")
-        plan = plan_export(
-            self.registry,
-            spine,
-            features,
-            timestamp_column=timestamp_column,
-            versions=versions,
-            column_format=column_format,
-            reproduce=reproduce,
-            high_water_mark=self.high_water_mark,
-        )
+        self, spine: Any, features: Sequence[str] | None, out: Path, options: ExportOptions | None = None
+    ) -> Manifest:
+        options = options or ExportOptions()
+        plan = plan_export(self.registry, spine, features, options, self.high_water_mark)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
@@ -435,12 +249,12 @@ class DuckDBOfflineStore(OfflineStore):
                     j, sources.clean, sources.mixed, filters, empty, sources.journal
                 )
             sql = duckdb_export_sql(plan, SPINE_VIEW, histories)
-            copy = f"COPY ({sql}) TO '{_escape(str(tmp))}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
-            _execute_with_progress(con, copy, plan.spine.rows, progress and sys.stderr.isatty())
+            copy = f"COPY ({sql}) TO '{escape(str(tmp))}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+            execute_with_progress(con, copy, plan.spine.rows, options.progress and sys.stderr.isatty())
             return sql
 
         try:
-            sql = self._read(run, memory_limit=memory_limit, threads=threads)
+            sql = self._read(run, memory_limit=options.memory_limit, threads=options.threads)
             os.replace(tmp, out)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -457,11 +271,11 @@ class DuckDBOfflineStore(OfflineStore):
             con.execute("SET TimeZone='UTC'")
             limit = memory_limit or self.memory_limit
             if limit:
-                con.execute(f"SET memory_limit='{_escape(limit)}'")
+                con.execute(f"SET memory_limit='{escape(limit)}'")
             if threads or self.threads:
                 con.execute(f"SET threads={int(threads or self.threads or 1)}")
             self.temp_directory.mkdir(parents=True, exist_ok=True)
-            con.execute(f"SET temp_directory='{_escape(str(self.temp_directory))}'")
+            con.execute(f"SET temp_directory='{escape(str(self.temp_directory))}'")
             yield con
         finally:
             con.close()
@@ -569,48 +383,8 @@ def _table_stats(con: duckdb.DuckDBPyConnection, table_dir: Path, spec: EntitySp
     ).fetchone()
 
 
-def _execute_with_progress(con: duckdb.DuckDBPyConnection, sql: str, total_rows: int, show: bool) -> None:
-    if not show:
-        con.execute(sql)
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    error: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            con.execute(sql)
-        except BaseException as exc:  # re-raised in the caller's thread
-            error.append(exc)
-
-    worker = threading.Thread(target=work, daemon=True)
-    columns = (
-        TextColumn("exporting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("spine rows"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("export", total=total_rows)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.2)
-            # DuckDB reports the running query's progress as a percentage (-1 when it cannot tell).
-            percent = con.query_progress()
-            if percent >= 0:
-                bar.update(task, completed=int(total_rows * min(percent, 100.0) / 100))
-        bar.update(task, completed=total_rows)
-    if error:
-        raise error[0]
-
-
 def _file_list(paths: Sequence[str]) -> str:
-    return "[" + ", ".join("'" + _escape(p) + "'" for p in paths) + "]"
-
-
-def _escape(text: str) -> str:
-    return text.replace("'", "''")
+    return "[" + ", ".join("'" + escape(p) + "'" for p in paths) + "]"
 
 
 def _utc(micros: int | None) -> Any:

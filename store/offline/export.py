@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 
@@ -25,6 +25,7 @@ import fstore
 from fstore.errors import FstoreError
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 from fstore.store.events import utc_from_micros
+from fstore.store.offline.manifest import ExportOptions, Manifest, ManifestOutput
 from fstore.store.offline.spine import ROW_COLUMN, Spine, load_spine
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
@@ -107,15 +108,13 @@ def plan_export(
     registry: Registry,
     spine: Any,
     features: Sequence[str] | None,
-    *,
-    timestamp_column: str | None,
-    versions: Mapping[str, int] | None,
-    column_format: str | None,
-    reproduce: Mapping[str, Any] | str | Path | None,
+    options: ExportOptions,
     high_water_mark: Callable[[EntitySpec], int | None],
 ) -> ExportPlan:
-    """Check everything and fix what will be read. `reproduce` (a manifest or its path) replaces the
+    """Check everything and fix what will be read. `options.reproduce` (a manifest or its path) replaces the
     features, versions, timestamp column, column format and high-water marks with the manifest's."""
+    reproduce, versions = options.reproduce, options.versions
+    timestamp_column, column_format = options.timestamp_column, options.column_format
     manifest = read_manifest(reproduce) if isinstance(reproduce, (str, Path)) else reproduce
     marks: dict[str, int | None] = {}
     if manifest is not None:
@@ -154,10 +153,9 @@ def plan_export(
     return ExportPlan(loaded, tuple(joins), refs, column_format)
 
 
-def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> dict[str, Any]:
+def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> Manifest:
     """Count rows and nulls of the written parquet, write the manifest beside it, return the manifest."""
-    stats = output_stats(out, [c for j in plan.joins for c in j.columns])
-    manifest = {
+    manifest: Manifest = {
         "format": MANIFEST_FORMAT,
         "fstore_version": fstore.__version__,
         "created_at": datetime.now(UTC).isoformat(),
@@ -183,7 +181,7 @@ def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> dict[s
         ],
         "spine": {"path": plan.spine.source, "rows": plan.spine.rows, "sha256": plan.spine.sha256},
         "sql": sql,
-        "output": {"path": str(out), "sha256": file_sha256(out), **stats},
+        "output": output_stats(out, [c for j in plan.joins for c in j.columns]),
     }
     path = manifest_path(out)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -192,7 +190,7 @@ def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> dict[s
     return manifest
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"manifest {str(path)!r} does not exist")
@@ -202,11 +200,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"manifest {str(path)!r} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ExportError(f"{str(path)!r} is not an fstore export manifest (format {MANIFEST_FORMAT})")
-    return manifest
+    return cast(Manifest, manifest)
 
 
-def output_stats(out: Path, feature_columns: Sequence[str]) -> dict[str, Any]:
-    """Row count and per-feature null counts, computed by DuckDB from the parquet (not loaded in memory)."""
+def output_stats(out: Path, feature_columns: Sequence[str]) -> ManifestOutput:
+    """Path, digest, row count and per-feature null counts, computed by DuckDB from the parquet (not loaded
+    in memory)."""
     con = duckdb.connect()
     try:
         counts = ", ".join(f"count({quote(c)})" for c in feature_columns)
@@ -218,6 +217,8 @@ def output_stats(out: Path, feature_columns: Sequence[str]) -> dict[str, Any]:
     assert row is not None
     rows = int(row[0])
     return {
+        "path": str(out),
+        "sha256": file_sha256(out),
         "rows": rows,
         "columns": {c: {"nulls": rows - int(n)} for c, n in zip(feature_columns, row[1:], strict=True)},
     }
@@ -237,7 +238,7 @@ def quote(identifier: str) -> str:
 
 
 def _from_manifest(
-    manifest: Mapping[str, Any], features: Sequence[str] | None, versions: Mapping[str, int] | None
+    manifest: Manifest, features: Sequence[str] | None, versions: Mapping[str, int] | None
 ) -> tuple[list[str], dict[str, int], str, str, dict[str, int | None]]:
     try:
         entities = manifest["entities"]
@@ -255,7 +256,7 @@ def _from_manifest(
 
 
 def _check_same_inputs(
-    manifest: Mapping[str, Any], spine: Spine, resolved: list[tuple[EntitySpec, tuple[FieldSpec, ...]]]
+    manifest: Manifest, spine: Spine, resolved: list[tuple[EntitySpec, tuple[FieldSpec, ...]]]
 ) -> None:
     if spine.sha256 != manifest["spine"]["sha256"] or spine.rows != manifest["spine"]["rows"]:
         raise ExportError(

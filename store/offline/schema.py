@@ -39,10 +39,10 @@ DEAD_LETTERS_TABLE = "_dead_letters"
 
 # Up to this many rows a table is converted row-wise, in a single `pa.array` call (a struct array), rather
 # than column-wise, with one call per column (11 for `user`). Each call releases and re-takes the GIL, which
-# in a process whose other threads want it (a Beam worker) can wait up to the 5 ms switch interval: beside
-# one CPU-bound thread, 10 rows cost 2,839 µs column-wise and 265 µs row-wise (measured). Without
-# contention row-wise is faster up to ~20 rows (1 row: 38 -> 28 µs, 10: 57 -> 51) and slower beyond it
-# (32: ~+7%, 100: 235 -> 284 µs), so large batches stay column-wise.
+# in a process whose other threads want it (a Beam worker) can wait out a whole switch interval
+# (`sys.getswitchinterval()`): row-wise, a small batch waits once instead of once per column. Without
+# contention row-wise only wins for small batches and loses for larger ones, so large batches stay
+# column-wise.
 ROW_WISE_MAX_ROWS = 32
 
 
@@ -72,8 +72,7 @@ def _table_plan(spec: EntitySpec) -> _TablePlan:
 
 def _column_reader(field: FieldSpec) -> Callable[[Message], Any]:
     """`field_reader`, except that a repeated field is handed to Arrow as the protobuf container itself:
-    Arrow reads any sequence, and skipping the list copy cut a 16-float column from 13.3 to 9.8 µs for 10
-    rows and from 1,179 to 704 µs for 1,000 (measured)."""
+    Arrow reads any sequence, so the copy into a list would be pure overhead on the per-row hot path."""
     return operator.attrgetter(field.name) if field.repeated else field_reader(field)
 
 
@@ -88,7 +87,7 @@ def messages_to_table(
     Ingest calls this per bundle, and the local runner's bundles hold at most 10 messages, so the fixed
     cost per call matters as much as the cost per row: the plan is cached per spec, small batches are
     converted row-wise (ROW_WISE_MAX_ROWS), and timestamps are built as timestamps rather than int64 and a
-    cast (2.3 vs 11.8 µs per column of 10, measured)."""
+    cast, which saves a cast per timestamp column."""
     if not len(messages) == len(ingest_times_micros) == len(message_ids):
         raise ValueError(
             f"messages ({len(messages)}), ingest times ({len(ingest_times_micros)}) and message ids "

@@ -1,8 +1,8 @@
 """The spine of a training set: the labelled examples (entity keys + a timestamp) features are joined to.
 
-Loaded as an Arrow table (a spine is the small side of the join: 1,000,000 rows are tens of MB) and
-checked before any join work starts, so a wrong file fails in milliseconds with a message naming the
-column, not minutes later inside the engine.
+Loaded as an Arrow table (a spine is the small side of the join, and fits in memory) and checked before
+any join work starts, so a wrong file fails at once with a message naming the column, not minutes later
+inside the engine.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ keep the spine's order and columns.
 
 DuckDB runs it as an ASOF join on event time over one row per (key, event time): the tie-break winner,
 found by a filter on SUPERSEDED_AT in compacted partitions and by a window only in partitions holding
-fresh segments (an ASOF join on the struct (event_time, ingest_time, message_id) is exact too, but cost
-50% more CPU than the bare join at 10M rows). BigQuery has no ASOF
-join: a range join with QUALIFY ROW_NUMBER() does the same; sqlglot transpiles it back to DuckDB in
-the tests, which check that both give the same answer.
+fresh segments (an ASOF join on the struct (event_time, ingest_time, message_id) is exact too, but costs
+more CPU: docs/performance-notes.md). BigQuery has no ASOF join: a range join with QUALIFY ROW_NUMBER()
+does the same; sqlglot transpiles it back to DuckDB in the tests, which check that both give the same answer.
 """
 
 from __future__ import annotations

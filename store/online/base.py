@@ -36,9 +36,9 @@ class OnlineStore(ABC):
         self,
         spec: EntitySpec,
         messages: Sequence[Message],
-        ingest_times_micros: Sequence[int] | None = None,
+        publish_times_micros: Sequence[int] | None = None,
     ) -> WriteResult:
-        """Compare-and-set each message on (event time, ingest time): an older event never overwrites
+        """Compare-and-set each message on (event time, publish time): an older event never overwrites
         a newer one; an equal one is a no-op. One round trip per call."""
 
     @abstractmethod

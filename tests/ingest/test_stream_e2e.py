@@ -1,7 +1,7 @@
 """The streaming job end to end: real Pub/Sub emulator, real Redis, the DuckDB offline store, Beam's local runner.
 
 The job runs as a subprocess (`fstore ingest stream`), as a user runs it; Beam's local streaming runner
-cannot be stopped cleanly in-process (FIELD-NOTES), so tests kill it.
+cannot be stopped cleanly in-process (its cancel waits for a blocked 30 s pull), so tests kill it.
 """
 
 from __future__ import annotations

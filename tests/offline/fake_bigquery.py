@@ -1,5 +1,5 @@
 """A `bigquery.Client` stand-in: the one test double here, because no BigQuery is reachable and the PyPI
-emulators do not work offline (FIELD-NOTES). It records every call (method + arguments) so tests can check
+emulators need downloads at start and do not run offline. It records every call (method + arguments) so tests can check
 request shapes, and runs queries for real: sqlglot transpiles the BigQuery SQL to DuckDB, which executes
 it over tables created and filled through the same calls."""
 

@@ -24,6 +24,7 @@ from fstore.store.offline import segments
 from fstore.store.offline.bigquery import BigQueryOfflineStore, finish_batches, json_row
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.export import plan_export
+from fstore.store.offline.manifest import ExportOptions
 from fstore.store.offline.sql import bigquery_export_sql
 
 from .conftest import T0, at, rows
@@ -114,16 +115,7 @@ def bigquery_answer(offline: DuckDBOfflineStore, plan: Any) -> list[dict[str, An
 def duckdb_answer(offline: DuckDBOfflineStore, spine: pa.Table, features: list[str], tmp_path: Path) -> Any:
     out = tmp_path / f"{uuid.uuid4().hex}.parquet"
     offline.export_training_set(spine, features, out)
-    plan = plan_export(
-        offline.registry,
-        spine,
-        features,
-        timestamp_column=None,
-        versions=None,
-        column_format=None,
-        reproduce=None,
-        high_water_mark=offline.high_water_mark,
-    )
+    plan = plan_export(offline.registry, spine, features, ExportOptions(), offline.high_water_mark)
     return plan, pq.read_table(out).to_pylist()
 
 
@@ -225,7 +217,7 @@ def test_export_through_the_client_equals_duckdb(
     # reproduce gives the same bytes after more rows arrive
     bq.write(user, rows(user, {"key": 1, "t": 99, "ingest": 10**6, "id": "late", "age": 77}))
     again = tmp_path / "again.parquet"
-    bq.export_training_set(spine, None, again, reproduce=manifest)
+    bq.export_training_set(spine, None, again, ExportOptions(reproduce=manifest))
     assert again.read_bytes() == out.read_bytes()
 
 

@@ -18,6 +18,7 @@ from fstore.schema.tables import arrow_schema
 from fstore.settings import load_settings
 from fstore.store.events import DeadLetter
 from fstore.store.offline import open_offline_store
+from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, messages_to_table
 
@@ -74,8 +75,9 @@ def test_compaction_merges_and_dedups(offline: DuckDBOfflineStore, user: EntityS
 
 
 def test_automatic_compaction(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
-    store = DuckDBOfflineStore(tmp_path / "o", registry, compact_after=4, journal_below_rows=0)  # segments only
-    store.settle_past_days = False  # the count policy alone (the test's day is long over)
+    # segments only, and the count policy alone (the test's day is long over)
+    policy = CompactionPolicy(compact_after=4, journal_below_rows=0, settle_past_days=False)
+    store = DuckDBOfflineStore(tmp_path / "o", registry, policy=policy)
     for n in range(9):
         store.write(user, rows(user, {"key": 1, "t": n, "id": f"m{n}"}))
     store.close()  # compaction runs in the background; close waits for it

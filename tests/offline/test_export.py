@@ -12,6 +12,7 @@ import pytest
 
 from fstore.schema.registry import EntitySpec
 from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.manifest import ExportOptions
 
 from .conftest import at, rows
 
@@ -20,7 +21,7 @@ DAY = 86_400
 
 def export(offline: DuckDBOfflineStore, tmp_path: Path, spine: Any, features: list[str], **options: Any) -> list[dict]:
     out = tmp_path / "train.parquet"
-    offline.export_training_set(spine, features, out, **options)
+    offline.export_training_set(spine, features, out, ExportOptions(**options))
     return pq.read_table(out).to_pylist()
 
 
@@ -157,7 +158,7 @@ def test_tie_winner_ingested_after_the_high_water_mark(
     offline.write(user, rows(user, {"key": 1, "t": 10, "ingest": 20, "id": "b", "age": 2}))  # wins the tie
     offline.compact(user)
     assert export(offline, tmp_path, spine, ["user:age"])[0]["user__age"] == 2
-    offline.export_training_set(spine, None, tmp_path / "again.parquet", reproduce=manifest)
+    offline.export_training_set(spine, None, tmp_path / "again.parquet", ExportOptions(reproduce=manifest))
     assert pq.read_table(tmp_path / "again.parquet").column("user__age").to_pylist() == [1]
 
 
@@ -165,11 +166,11 @@ def test_progress_bar_runs_the_query(offline: DuckDBOfflineStore, tmp_path: Path
     """The bar polls DuckDB's progress from another thread; the query's result and errors come through."""
     import duckdb
 
-    from fstore.store.offline.duckdb import _execute_with_progress
+    from fstore.store.offline.progress import execute_with_progress
 
     con = duckdb.connect()
     out = tmp_path / "p.parquet"
-    _execute_with_progress(con, f"COPY (SELECT range AS n FROM range(2000000)) TO '{out}' (FORMAT parquet)", 10, True)
+    execute_with_progress(con, f"COPY (SELECT range AS n FROM range(2000000)) TO '{out}' (FORMAT parquet)", 10, True)
     assert pq.read_metadata(out).num_rows == 2_000_000
     with pytest.raises(duckdb.Error, match="nope"):
-        _execute_with_progress(con, "SELECT * FROM nope", 10, True)
+        execute_with_progress(con, "SELECT * FROM nope", 10, True)

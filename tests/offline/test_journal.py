@@ -14,6 +14,7 @@ import pyarrow as pa
 from fstore.schema.registry import EntitySpec, Registry
 from fstore.schema.tables import arrow_schema
 from fstore.store.offline import segments
+from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from tests.offline.conftest import T0, at, rows
 
@@ -39,19 +40,19 @@ def test_small_batches_are_journaled_and_read_at_once(tmp_path: Path, registry: 
 
 
 def test_large_batches_skip_the_journal(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
-    store = DuckDBOfflineStore(tmp_path / "o", registry, journal_below_rows=3)
+    store = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(journal_below_rows=3))
     store.write(user, rows(user, *({"key": n, "t": n} for n in range(3))))
     assert len(files(store, ".parquet")) == 1 and files(store, ".arrows") == []
     store.close()
 
 
 def test_full_or_old_journals_become_segments(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
-    store = DuckDBOfflineStore(tmp_path / "o", registry)
-    store.journal_max_rows = 4
-    for n in range(5):
+    store = DuckDBOfflineStore(
+        tmp_path / "o", registry, policy=CompactionPolicy(journal_max_rows=4, journal_max_seconds=1)
+    )
+    for n in range(5):  # well within the second: the first four fill a journal, the 5th opens another
         store.write(user, rows(user, {"key": n, "t": n}))
-    store.journal_max_seconds = 0.05
-    time.sleep(0.1)
+    time.sleep(1.1)
     store.write(user, rows(user, {"key": 9, "t": 9}))  # the 5th row's journal is old by now
     store.close()
     assert len(files(store, ".parquet")) == 2 and files(store, ".arrows") == []
@@ -61,10 +62,9 @@ def test_full_or_old_journals_become_segments(tmp_path: Path, registry: Registry
 def test_a_dead_writers_journal_is_read_up_to_its_last_whole_batch_then_compacted(
     tmp_path: Path, registry: Registry, user: EntitySpec
 ) -> None:
-    store = DuckDBOfflineStore(tmp_path / "o", registry)
     # Its new journal makes the store look for dead writers' journals in the background; if that ran after
     # the "death" below, the past-day rule would compact the partition once more than this test counts.
-    store.settle_past_days = False
+    store = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(settle_past_days=False))
     store.write(user, rows(user, {"key": 1, "t": 0, "id": "a"}))
     partition = tmp_path / "o" / "user_v1" / DAY
     dead = segments.Journal(partition, arrow_schema(user))
@@ -90,7 +90,7 @@ def test_a_dead_writers_journal_is_read_up_to_its_last_whole_batch_then_compacte
 def test_a_live_writers_journal_is_left_alone(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
     writer = DuckDBOfflineStore(tmp_path / "o", registry)
     writer.write(user, rows(user, {"key": 1, "t": 0, "id": "a"}))
-    other = DuckDBOfflineStore(tmp_path / "o", registry, journal_below_rows=0)
+    other = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(journal_below_rows=0))
     other.write(user, rows(user, {"key": 1, "t": 0, "id": "a", "ingest": 30}))  # a redelivery, as a segment
     other.compact(user)
     assert [p.name for p in files(writer, ".parquet")] == ["compacted-000000.parquet"]
@@ -103,8 +103,8 @@ def test_a_live_writers_journal_is_left_alone(tmp_path: Path, registry: Registry
 def test_reads_during_appends_and_conversions_see_whole_batches(
     tmp_path: Path, registry: Registry, user: EntitySpec
 ) -> None:
-    writer = DuckDBOfflineStore(tmp_path / "o", registry)
-    writer.journal_max_rows = 15  # journals keep turning into segments while the reader reads
+    # journals keep turning into segments while the reader reads
+    writer = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(journal_max_rows=15))
     reader = DuckDBOfflineStore(tmp_path / "o", registry)
     batches, size = 60, 3
     done = threading.Event()
@@ -133,8 +133,7 @@ def test_a_day_that_is_over_is_folded_whole_at_most_once_an_hour(
     tmp_path: Path, registry: Registry, user: EntitySpec
 ) -> None:
     def write_late(*records: dict[str, int]) -> None:  # another writer, whose journal fills and closes
-        writer = DuckDBOfflineStore(tmp_path / "o", registry)
-        writer.journal_max_rows = len(records)
+        writer = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(journal_max_rows=len(records)))
         writer.write(user, rows(user, *records))
         writer.close()  # waits for its background work
 
@@ -151,8 +150,7 @@ def test_a_day_that_is_over_is_folded_whole_at_most_once_an_hour(
 
 
 def test_today_is_not_folded_early(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
-    writer = DuckDBOfflineStore(tmp_path / "o", registry)
-    writer.journal_max_rows = 1
+    writer = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(journal_max_rows=1))
     writer.write(user, rows(user, {"key": 1, "t": (datetime.now(UTC) - T0).total_seconds()}))
     writer.close()
     assert [p.name.startswith("compacted-") for p in files_of(tmp_path, "*")] == [False]

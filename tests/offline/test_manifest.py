@@ -16,6 +16,7 @@ from fstore.schema.registry import EntitySpec
 from fstore.schema.tables import arrow_schema
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.export import ExportError, manifest_path
+from fstore.store.offline.manifest import ExportOptions
 from fstore.store.offline.spine import SpineError, content_sha256
 
 from .conftest import T0, at, rows
@@ -80,7 +81,7 @@ def test_reproduce_is_byte_identical_after_new_events(
     assert pq.read_table(live) != pq.read_table(first)
 
     again = tmp_path / "b.parquet"
-    reproduced = offline.export_training_set(None, None, again, reproduce=manifest_path(first))
+    reproduced = offline.export_training_set(None, None, again, ExportOptions(reproduce=manifest_path(first)))
     assert again.read_bytes() == first.read_bytes()
     assert reproduced["output"]["sha256"] == manifest["output"]["sha256"]
 
@@ -119,10 +120,11 @@ def test_reproduce_refuses_a_different_spine(offline: DuckDBOfflineStore, user: 
     spine = pa.table({"user_id": [1], "event_timestamp": [at(1)]})
     offline.export_training_set(spine, ["user:age"], tmp_path / "t.parquet")
     other = pa.table({"user_id": [2], "event_timestamp": [at(1)]})
+    again = ExportOptions(reproduce=tmp_path / "t.parquet.manifest.json")
     with pytest.raises(ExportError, match="spine differs"):
-        offline.export_training_set(other, None, tmp_path / "u.parquet", reproduce=tmp_path / "t.parquet.manifest.json")
+        offline.export_training_set(other, None, tmp_path / "u.parquet", again)
     with pytest.raises(ExportError, match="in-memory"):
-        offline.export_training_set(None, None, tmp_path / "u.parquet", reproduce=tmp_path / "t.parquet.manifest.json")
+        offline.export_training_set(None, None, tmp_path / "u.parquet", again)
 
 
 GOOD = {"user_id": [1], "event_timestamp": [at(1)]}
@@ -164,7 +166,7 @@ def test_bad_input_is_refused_before_any_work(
     message: str,
 ) -> None:
     with pytest.raises(error, match=message):
-        offline.export_training_set(pa.table(spine), features, tmp_path / "t.parquet", **options)
+        offline.export_training_set(pa.table(spine), features, tmp_path / "t.parquet", ExportOptions(**options))
     assert not (tmp_path / "t.parquet").exists()
 
 
