@@ -6,6 +6,7 @@ streaming job, the backfill and the tests, and each rule is tested without Beam.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ from google.protobuf.message import DecodeError, Message
 from fstore.errors import FstoreError
 from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
 from fstore.schema.registry import EntitySpec, Registry, RegistrySource
-from fstore.store.events import DeadLetter, event_time_micros
+from fstore.store.events import DeadLetter, event_time_micros, utc_from_micros
 
 # Event times outside [MIN_EVENT_TIME, now + max_future] are not "sane": a zero timestamp is an unset
 # field in disguise, and a far-future one would pin the online row until that date.
 MIN_EVENT_TIME_MICROS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 MAX_FUTURE_SECONDS = 3_600
+# ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
+VERSION_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
+MAX_DETAIL_CHARS = 500  # a rejection's text quotes input: bounded, whatever the input
 
 
 @dataclass(frozen=True)
@@ -90,37 +94,49 @@ class Rejected(Exception):
 
 def decode_event(
     registry: Registry,
-    data: bytes,
+    data: bytes | None,
     attributes: dict[str, str],
     message_id: str,
     publish_time: datetime | None,
     *,
     ingest_micros: int | None = None,
     max_future_seconds: int = MAX_FUTURE_SECONDS,
+    max_bytes: int | None = None,
     parsed: Message | None = None,
 ) -> Event | DeadLetter:
     """Route by the attributes, decode with the descriptor set (unless a source already `parsed` the message,
-    as the JSONL backfill does), validate key and event time."""
+    as the JSONL backfill does), validate key and event time.
+
+    Never raises: whatever the bytes and attributes, the answer is an Event or a DeadLetter with its reason.
+    A rule that fails on input nobody foresaw still answers (`invalid_event`, naming the error), so one odd
+    event can neither stop the job nor take its neighbours down with it."""
     ingest = ingest_micros if ingest_micros is not None else time.time_ns() // 1_000
+    payload = bytes(data) if data else b""
     try:
+        if max_bytes is not None and len(payload) > max_bytes:
+            limit = f"{len(payload):,} bytes, above the limit of {max_bytes:,} (ingest.max_event_bytes)"
+            raise Rejected("too_large", limit)
         spec = _route(registry, attributes)
         if parsed is not None and parsed.DESCRIPTOR.full_name == spec.full_name:
             message = parsed
         else:
-            message = _decode(spec, data)
+            message = _decode(spec, payload)
         _validate(spec, message, ingest, max_future_seconds)
+        publish = int(publish_time.timestamp() * 1_000_000) if publish_time is not None else ingest
+        return Event(spec.name, spec.version, message, message_id, publish, ingest)
     except Rejected as exc:
-        return DeadLetter(
-            data=bytes(data),
-            attributes=dict(attributes),
-            reason=exc.reason,
-            detail=exc.detail,
-            message_id=message_id,
-            publish_time=publish_time,
-            ingest_time=datetime.fromtimestamp(ingest / 1_000_000, UTC),
-        )
-    publish = int(publish_time.timestamp() * 1_000_000) if publish_time is not None else ingest
-    return Event(spec.name, spec.version, message, message_id, publish, ingest)
+        reason, detail = exc.reason, exc.detail
+    except Exception as exc:
+        reason, detail = "invalid_event", f"checking the event failed: {type(exc).__name__}: {exc}"
+    return DeadLetter(
+        data=payload,
+        attributes={str(k): str(v) for k, v in (attributes or {}).items()},
+        reason=reason,
+        detail=detail[:MAX_DETAIL_CHARS],
+        message_id=message_id,
+        publish_time=publish_time,
+        ingest_time=utc_from_micros(ingest),
+    )
 
 
 def _route(registry: Registry, attributes: dict[str, str]) -> EntitySpec:
@@ -128,8 +144,8 @@ def _route(registry: Registry, attributes: dict[str, str]) -> EntitySpec:
     if not entity or not version:
         missing = [a for a in (ATTR_ENTITY, ATTR_VERSION) if not attributes.get(a)]
         raise Rejected("missing_attributes", f"missing routing attribute(s): {', '.join(missing)}")
-    if not version.isdigit():
-        raise Rejected("unknown_version", f"{ATTR_VERSION}={version!r} is not a version number")
+    if not VERSION_NUMBER.fullmatch(version):
+        raise Rejected("unknown_version", f"{ATTR_VERSION}={version[:40]!r} is not a version number (1, 2, ...)")
     try:
         spec = registry.get(entity, int(version))
     except FstoreError as exc:
@@ -162,9 +178,18 @@ def _validate(spec: EntitySpec, message: Message, ingest_micros: int, max_future
         raise Rejected("missing_event_time", f"{spec.ref}: event time field {spec.event_time.name!r} is not set")
     event = event_time_micros(spec, message)
     if event < MIN_EVENT_TIME_MICROS or event > ingest_micros + max_future_seconds * 1_000_000:
-        moment = datetime.fromtimestamp(event / 1_000_000, UTC).isoformat()
+        moment = _moment(event)
         raise Rejected(
             "event_time_out_of_range",
             f"{spec.ref}: {spec.event_time.name}={moment} is before 2000-01-01 or more than "
             f"{max_future_seconds} s in the future",
         )
+
+
+def _moment(micros: int) -> str:
+    """An event time for a rejection's text; one outside datetime's years (a producer that put milliseconds
+    in the seconds field) is shown as its number."""
+    try:
+        return utc_from_micros(micros).isoformat()
+    except (OverflowError, ValueError):
+        return f"{micros:,} µs after the epoch (outside years 1-9999)"

@@ -181,6 +181,7 @@ class _IngestEventsFn(IngestDoFn):
             dict(message.attributes or {}),
             message.message_id or "",
             message.publish_time,
+            max_bytes=self.res.settings.ingest.max_event_bytes,
             parsed=getattr(message, "parsed", None),
         )
         if isinstance(result, DeadLetter):

@@ -56,6 +56,12 @@ class RedisSettings(BaseModel):
     cluster: bool = False
 
 
+class IngestSettings(BaseModel):
+    # An event larger than this is a dead letter `too_large` (Pub/Sub accepts up to 10 MB; feature events are
+    # small, and a few large ones must not jam the reads of everything behind them).
+    max_event_bytes: int = Field(1_048_576, ge=1, le=10_000_000)
+
+
 class ApiKey(BaseModel):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -120,6 +126,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".fstore")
     pubsub: PubSubSettings = Field(default_factory=PubSubSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     codegen: CodegenSettings = Field(default_factory=CodegenSettings)
 

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import gc
 import operator
+import re
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,18 @@ import redis.asyncio
 from google.protobuf.message import Message
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,7 +49,25 @@ from fstore.store.online.base import EntityId, OnlineStore, Row, WriteResult
 
 HEADER = struct.Struct(">dd")
 COMPARE_AND_SET = (Path(__file__).with_name("compare_and_set.lua")).read_bytes()
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, StoreUnavailableError)
+# Error replies that say "not now" rather than "never": out of memory under `noeviction`, a read-only replica
+# (during a failover), a failed background save, a dataset still loading, a busy script, a cluster in flux.
+_TRANSIENT_REPLY = re.compile(r"\b(OOM|READONLY|MISCONF|LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b")
+# redis-py strips the codes of these; ClusterDown, MasterDown and TryAgain keep the word in their message.
+_TRANSIENT_ERRORS = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    TryAgainError,
+)
+
+
+def transient_reply(error: Exception) -> bool:
+    return isinstance(error, _TRANSIENT_ERRORS) or _TRANSIENT_REPLY.search(str(error)) is not None
+
+
 T = TypeVar("T")
 
 
@@ -153,6 +183,9 @@ class RedisOnlineStore(OnlineStore):
             if self._cluster is not None:
                 self._cluster.nodes_manager.initialize()
         errors = [r for r in results if isinstance(r, Exception)]
+        transient = [e for e in errors if transient_reply(e)]
+        if transient:
+            raise StoreUnavailableError(f"Redis at {redacted(self.url)} refused the write for now: {transient[0]}")
         if errors:
             raise errors[0]
         return results

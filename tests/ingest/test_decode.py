@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fstore.ingest.events import Event, decode_event
 from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
@@ -84,3 +87,80 @@ def test_invalid_events_become_dead_letters(
     assert result.reason == reason
     assert names in result.detail
     assert result.data == data and result.attributes == attributes and result.message_id == "m-bad"
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "names"),
+    [
+        ("superscript_version", "unknown_version", "'²'"),
+        ("arabic_version", "unknown_version", "'٤'"),
+        ("zero_version", "unknown_version", "'0'"),
+        ("milliseconds_as_seconds", "event_time_out_of_range", "outside years 1-9999"),
+        ("no_data", "missing_key", "user_id"),  # an attribute-only message: no bytes, so no key
+        ("too_large", "too_large", "above the limit of 100"),
+    ],
+)
+def test_poison_events_become_dead_letters(
+    registry: Registry, user: EntitySpec, case: str, reason: str, names: str
+) -> None:
+    """Inputs that once crashed the job (a version int() refuses; event_time.seconds holding milliseconds,
+    which broke the rejection's own text) or jammed it (a huge message)."""
+    data: bytes | None = user_bytes(user)
+    attributes = attrs(user)
+    max_bytes = None
+    if case == "superscript_version":
+        attributes[ATTR_VERSION] = "²"
+    elif case == "arabic_version":
+        attributes[ATTR_VERSION] = "٤"
+    elif case == "zero_version":
+        attributes[ATTR_VERSION] = "0"
+    elif case == "milliseconds_as_seconds":
+        message = user.message_class(user_id=1)
+        message.event_time.seconds = int(NOW.timestamp() * 1000)
+        data = message.SerializeToString()
+    elif case == "no_data":
+        data = None
+    elif case == "too_large":
+        data, max_bytes = user_bytes(user, country="x" * 200), 100
+    result = decode_event(registry, data, attributes, "m-poison", NOW, max_bytes=max_bytes)
+    assert isinstance(result, DeadLetter), result
+    assert (result.reason, result.message_id) == (reason, "m-poison")
+    assert names in result.detail
+    assert result.data == (data or b"")  # the original bytes are kept, for a replay after a fix
+
+
+ROUTING_VALUES = st.one_of(st.text(max_size=12), st.sampled_from(["user", "item", "1", "2", "²", "", "1" * 30]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(st.none(), st.binary(max_size=200)),
+    attributes=st.dictionaries(
+        st.sampled_from([ATTR_ENTITY, ATTR_VERSION, ATTR_FINGERPRINT, "other"]) | st.text(max_size=8),
+        ROUTING_VALUES,
+        max_size=5,
+    ),
+)
+def test_decoding_never_raises_on_any_bytes_and_attributes(registry: Registry, data: Any, attributes: Any) -> None:
+    result = decode_event(registry, data, attributes, "m", None)
+    assert isinstance(result, (Event, DeadLetter))
+    if isinstance(result, DeadLetter):
+        assert result.reason and len(result.detail) <= 500
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seconds=st.integers(-(2**63), 2**63 - 1),
+    nanos=st.integers(-(2**31), 2**31 - 1),
+    user_id=st.integers(-(2**63), 2**63 - 1),
+    version=ROUTING_VALUES,
+)
+def test_decoding_never_raises_on_any_event_time_or_key(
+    registry: Registry, seconds: int, nanos: int, user_id: int, version: str
+) -> None:
+    spec = registry.get("user")
+    message = spec.message_class(user_id=user_id)
+    message.event_time.seconds, message.event_time.nanos = seconds, nanos
+    attributes = attrs(spec) | {ATTR_VERSION: version}
+    result = decode_event(registry, message.SerializeToString(), attributes, "m", NOW)
+    assert isinstance(result, (Event, DeadLetter))

@@ -204,3 +204,42 @@ def _exists(subscriber: Any, subscription: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_poison_events_are_dead_letters_and_the_job_keeps_running(
+    redis_url: str, names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of these once stopped the job (and lost the events pulled with it): a version attribute that
+    str.isdigit() accepts and int() refuses, epoch milliseconds in event_time.seconds, and a message above
+    the size limit. Counts in = stored + dead-lettered, and the job is still running after them."""
+    monkeypatch.setenv("FSTORE_INGEST__MAX_EVENT_BYTES", "20000")
+    get_settings.cache_clear()
+    fs = FeatureStore.from_config()
+    spec = fs.spec("user")
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, names["topic"])
+    job = stream_job()
+    subscriber = pubsub_v1.SubscriberClient()
+    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    now = datetime.now(UTC).replace(microsecond=0)
+    milliseconds = spec.message_class(user_id=900)
+    milliseconds.event_time.seconds = int(now.timestamp() * 1000)
+    poison = [
+        (user_event(spec, 901, now), routing(spec) | {ATTR_VERSION: "²"}),
+        (milliseconds.SerializeToString(), routing(spec)),
+        (user_event(spec, 902, now, country="x" * 50_000), routing(spec)),
+    ]
+    futures = [publisher.publish(topic, user_event(spec, i, now, age=i), **routing(spec)) for i in range(1, 41)]
+    futures += [publisher.publish(topic, data, **attributes) for data, attributes in poison]
+    futures += [publisher.publish(topic, user_event(spec, i, now, age=i), **routing(spec)) for i in range(41, 81)]
+    for f in futures:
+        f.result()
+
+    wait_for(lambda: fs.offline.dead_letters().num_rows == 3, 120, "three dead letters")
+    wait_for(lambda: fs.offline.history(spec).num_rows == 80, 120, "the 80 valid events offline")
+    ages = [r["age"] if r else None for r in fs.get_online("user", list(range(1, 81)), features=["age"])]
+    assert ages == list(range(1, 81))
+    reasons = sorted(fs.offline.dead_letters().column("reason").to_pylist())
+    assert reasons == ["event_time_out_of_range", "too_large", "unknown_version"]
+    assert job.poll() is None, "the job must keep running"
+    fs.close()

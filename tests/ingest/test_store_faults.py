@@ -1,0 +1,46 @@
+"""Store errors stall the ingest job's writes, never end them: a transient refusal from Redis (out of memory
+under `noeviction`) is retried until the store takes the write again, and nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from fstore.errors import StoreUnavailableError
+from fstore.ingest.retry import until_stored
+from fstore.schema.registry import Registry
+from fstore.settings import RedisSettings
+from fstore.store.online.redis import RedisOnlineStore
+from fstore.testing import RedisServer
+
+
+def test_redis_out_of_memory_stalls_the_write_until_memory_is_freed(registry: Registry) -> None:
+    spec = registry.get("user")
+    now = datetime.now(UTC)
+    messages = []
+    for user_id in range(1, 101):
+        message = spec.message_class(user_id=user_id, age=30)
+        message.event_time.FromDatetime(now)
+        messages.append(message)
+    with RedisServer(maxmemory="3mb") as server:  # maxmemory-policy noeviction: Redis's default
+        client = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(10_000):
+                client.set(f"filler:{i}", b"x" * 10_000)
+        store = RedisOnlineStore(server.url, RedisSettings(write_retry_seconds=0.3))
+        with pytest.raises(StoreUnavailableError, match="refused the write for now"):
+            store.write(spec, messages)
+
+        freed = threading.Timer(1.5, lambda: client.config_set("maxmemory", "0"))
+        freed.start()
+        try:
+            result = until_stored(lambda: store.write(spec, messages), "online write of user/v1")
+        finally:
+            freed.cancel()
+        assert result.written == 100
+        rows = store.read(spec, list(range(1, 101)), spec.select(["age"]))
+        assert [r["age"] if r else None for r in rows] == [30] * 100
+        store.close()
