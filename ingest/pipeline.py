@@ -85,6 +85,10 @@ def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[Pipe
 
 def run_stream(settings: Settings, routes: Sequence[Route], beam_args: Sequence[str] = ()) -> None:
     options, runner = pipeline_options(beam_args, streaming=True)
+    if runner is not None:  # the local runner: ack after the writes (ingest/local_read.py)
+        from fstore.ingest.local_read import use_ack_after_write_read
+
+        use_ack_after_write_read(settings.pubsub.ack_deadline_seconds)
     try:
         with beam.Pipeline(runner=runner, options=options) as pipeline:
             build_stream(pipeline, settings, routes)

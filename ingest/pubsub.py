@@ -79,7 +79,7 @@ def ensure_subscriptions(settings: Settings, routes_: list[Route]) -> None:
                 subscriber.create_subscription,
                 name=route.subscription,
                 topic=route.topic,
-                ack_deadline_seconds=60,
+                ack_deadline_seconds=settings.pubsub.ack_deadline_seconds,
                 timeout=10,
             ),
         )

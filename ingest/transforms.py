@@ -30,6 +30,7 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection
 
 from fstore.ingest.events import Event, decode_event
+from fstore.ingest.local_read import IN_FLIGHT
 from fstore.ingest.pubsub import deadletter_topic_path
 from fstore.ingest.resources import IngestDoFn, Resources
 from fstore.ingest.retry import until_stored
@@ -172,9 +173,11 @@ class _IngestEventsFn(IngestDoFn):
     def start_bundle(self) -> None:
         self.writer = StoreWriter(self.res, self.flush_every)
         self.dead_letters = DeadLetterWriter(self.res, publish=self.publish_dead_letters, flush_every=self.flush_every)
+        self.to_ack: list[Any] = []
 
     def process(self, message: Any) -> Iterator[Any]:
         self.read.inc()
+        self.to_ack.append(message)
         result = decode_event(
             self.res.registry,
             message.data,
@@ -194,6 +197,8 @@ class _IngestEventsFn(IngestDoFn):
     def finish_bundle(self) -> None:
         self.writer.flush()
         self.dead_letters.flush()
+        # Every message of the bundle is stored (as an event, or as a dead letter): only now is it acked.
+        IN_FLIGHT.ack(self.to_ack)
 
 
 class IngestEvents(beam.PTransform[PCollection[Any], PCollection[Any]]):

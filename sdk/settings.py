@@ -31,6 +31,9 @@ class PubSubSettings(BaseModel):
     topic: str = "fstore-events"
     subscription: str = "fstore-ingest"
     deadletter_topic: str = "fstore-deadletter"
+    # Ack deadline of the subscriptions fstore creates; the local job extends it while a message is in flight,
+    # and a message pulled by a job that died is delivered again once it passes.
+    ack_deadline_seconds: int = Field(60, ge=10, le=600)
 
     @property
     def per_entity(self) -> bool:

@@ -7,6 +7,7 @@ cannot be stopped cleanly in-process (its cancel waits for a blocked 30 s pull),
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -242,4 +243,52 @@ def test_poison_events_are_dead_letters_and_the_job_keeps_running(
     reasons = sorted(fs.offline.dead_letters().column("reason").to_pylist())
     assert reasons == ["event_time_out_of_range", "too_large", "unknown_version"]
     assert job.poll() is None, "the job must keep running"
+    fs.close()
+
+
+@pytest.mark.slow
+def test_kill_9_loop_loses_nothing(
+    redis_url: str, names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill -9` of the job at random moments while 20,000 events stream in, a restart after each: every
+    event is stored offline once, and online holds the latest by event time. A message the killed job had
+    pulled but not acked is delivered again once its (here 10 s) ack deadline passes."""
+    monkeypatch.setenv("FSTORE_PUBSUB__ACK_DEADLINE_SECONDS", "10")
+    get_settings.cache_clear()
+    fs = FeatureStore.from_config()
+    spec = fs.spec("user")
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, names["topic"])
+    subscriber = pubsub_v1.SubscriberClient()
+    job = stream_job()
+    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    users, per_user = 2_000, 10
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    rng = random.Random(12)
+    kills = []  # (rows offline before the round, rows offline at the kill)
+    for k in range(per_user):  # a kill in each round but the last two
+        before = fs.offline.history(spec).num_rows
+        payload = [user_event(spec, u, start + timedelta(seconds=k), age=k) for u in range(1, users + 1)]
+        for f in [publisher.publish(topic, data, **routing(spec)) for data in payload]:
+            f.result()
+        if k < per_user - 2:
+            # Kill while the job is draining: once this round's rows have started to land, at a random moment.
+            wait_for(lambda b=before: fs.offline.history(spec).num_rows > b, 60, "the job to drain")
+            time.sleep(rng.uniform(0.0, 0.2))
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+            kills.append((before, fs.offline.history(spec).num_rows))
+            job = stream_job()
+    print("offline rows before each killed round, and at the kill:", kills)
+    assert len(kills) == per_user - 2 and any(b < at < b + users for b, at in kills), kills
+
+    total = users * per_user
+    deadline = time.monotonic() + 120
+    while fs.offline.history(spec).num_rows < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    history = fs.offline.history(spec)
+    assert history.num_rows == total and len(set(history.column("message_id").to_pylist())) == total
+    rows = fs.get_online("user", list(range(1, users + 1)), features=["age"])
+    assert [r["age"] if r else None for r in rows] == [per_user - 1] * users
+    assert fs.offline.dead_letters().num_rows == 0
     fs.close()
