@@ -280,12 +280,13 @@ def freshness(args: argparse.Namespace) -> None:
         def poll_offline() -> None:
             """What a reader of the offline store sees (its journals and segments), every 5 ms."""
             from fstore.store.offline import segments
+            from fstore.store.offline.journal import read_journals
 
             read: set[Path] = set()
             while not stop.is_set():
                 listing = segments.listing(table_dir)
                 try:
-                    tables = [segments.read_journals(listing.journals)]
+                    tables = [read_journals(listing.journals)]
                 except FileNotFoundError:  # turned into a segment since the listing
                     continue
                 for path in set(listing.mixed + listing.clean) - read:

@@ -40,6 +40,7 @@ class LedgerEntry:
     first_event_time: datetime | None
     last_event_time: datetime | None
     last_ingest_time: datetime | None
+    quarantined_files: int = 0  # damaged files kept aside (their verified rows are counted above)
 
 
 class OfflineStore(ABC):

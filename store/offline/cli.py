@@ -78,6 +78,7 @@ def ledger(json_output: bool = typer.Option(False, "--json", help="Print a JSON 
                         "first_event_time": _time(e.first_event_time),
                         "last_event_time": _time(e.last_event_time),
                         "last_ingest_time": _time(e.last_ingest_time),
+                        "quarantined_files": e.quarantined_files,
                     }
                     for e in entries
                 ],
@@ -101,6 +102,14 @@ def ledger(json_output: bool = typer.Option(False, "--json", help="Print a JSON 
         for e in entries
     ]
     _print_table(header, rows)
+    for e in entries:
+        if e.quarantined_files:
+            typer.secho(
+                f"warning: {e.entity}/v{e.version}: {e.quarantined_files} damaged file(s) kept under the offline "
+                "store's _quarantine/ (their verified rows are counted above; the log names what was skipped)",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
 
 
 def compact(

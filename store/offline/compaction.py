@@ -23,6 +23,7 @@ from typing import Any
 
 from fstore.schema.registry import EntitySpec
 from fstore.store.offline import segments
+from fstore.store.offline.journal import Journal, journal_to_segment
 from fstore.store.offline.sql import duckdb_compaction_sql
 
 log = logging.getLogger("fstore.offline")
@@ -48,7 +49,7 @@ class CompactionPolicy:
     settle_past_days: bool = True
     past_day_recompact_seconds: float = 3_600.0
 
-    def journal_done(self, journal: segments.Journal, now: float) -> bool:
+    def journal_done(self, journal: Journal, now: float) -> bool:
         return journal.rows >= self.journal_max_rows or now - journal.opened >= self.journal_max_seconds
 
     def due(self, partition: segments.Partition) -> bool:
@@ -120,7 +121,7 @@ class Compactor:
     def convert_journals(self, spec: EntitySpec, partition_dir: Path) -> None:
         """Turn the partition's unheld journals (sealed ones, or those of writers that died) into segments,
         then fold the partition if that is due."""
-        converted = [segments.journal_to_segment(p) for p in segments.read_partition(partition_dir).journals]
+        converted = [journal_to_segment(p) for p in segments.read_partition(partition_dir).journals]
         if any(converted) and self.policy.compact_after > 0 and self.policy.due(segments.read_partition(partition_dir)):
             self.fold(spec, partition_dir)
 
@@ -137,7 +138,7 @@ class Compactor:
             if not mine:
                 return None
             for journal in segments.read_partition(partition_dir).journals:
-                segments.journal_to_segment(journal)  # those no writer holds
+                journal_to_segment(journal)  # those no writer holds
             partition = segments.read_partition(partition_dir)
             if not partition.fresh:
                 return None  # one compacted file (journals being written aside) is as compact as it gets

@@ -36,6 +36,7 @@ from fstore.store.offline import segments
 from fstore.store.offline.base import Compaction, CompactionResult, LedgerEntry, OfflineStore
 from fstore.store.offline.compaction import CompactionPolicy, Compactor, escape, partitions_to_fold
 from fstore.store.offline.export import finish_export, plan_export, quote
+from fstore.store.offline.journal import Journal, JournalGone, journal_to_segment, quarantined, read_journals
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.progress import execute_with_progress
 from fstore.store.offline.recent import RecentMessageIds
@@ -46,7 +47,7 @@ SPINE_VIEW = "__fstore_spine"
 READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it: list again and retry
 ROW_GROUP_ROWS = 122_880
 _EPOCH_DAY = date(1970, 1, 1)
-URL_OPTIONS = ("memory_limit", "threads", "temp_directory", "compact_after")
+URL_OPTIONS = ("memory_limit", "threads", "temp_directory", "compact_after", "fsync")
 
 
 class DuckDBOfflineStore(OfflineStore):
@@ -59,14 +60,16 @@ class DuckDBOfflineStore(OfflineStore):
         threads: int | None = None,
         temp_directory: Path | None = None,
         policy: CompactionPolicy | None = None,
+        fsync: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.fsync = fsync  # written batches (journal frames, segments) are on the disk before events are acked
         self.registry = registry
         self.memory_limit = memory_limit
         self.threads = threads
         self.temp_directory = temp_directory or self.root / ".tmp"
         self.policy = policy or CompactionPolicy()
-        self._journals: dict[Path, tuple[EntitySpec, segments.Journal]] = {}  # by partition
+        self._journals: dict[Path, tuple[EntitySpec, Journal]] = {}  # by partition
         self._journal_lock = threading.Lock()
         self._recent = RecentMessageIds()
         self._compactor = Compactor(self.policy, self._connect)
@@ -74,7 +77,7 @@ class DuckDBOfflineStore(OfflineStore):
     @classmethod
     def from_url(cls, url: str, registry: Registry) -> DuckDBOfflineStore:
         """`duckdb:///relative/path`, `duckdb:////absolute/path`, with optional query parameters
-        `memory_limit=2GB`, `threads=4`, `temp_directory=/path`, `compact_after=256`."""
+        `memory_limit=2GB`, `threads=4`, `temp_directory=/path`, `compact_after=256`, `fsync=false`."""
         if not url.startswith("duckdb:///"):
             raise SettingsError(f"offline: {url!r} must look like duckdb:///path")
         path = url[len("duckdb:///") :].split("?", 1)[0]
@@ -91,6 +94,7 @@ class DuckDBOfflineStore(OfflineStore):
                 threads=int(query["threads"]) if "threads" in query else None,
                 temp_directory=Path(query["temp_directory"]) if "temp_directory" in query else None,
                 policy=policy,
+                fsync=query.get("fsync", "true").lower() not in ("false", "0", "no"),
             )
         except ValueError as exc:
             raise SettingsError(f"offline: {url!r}: {exc}") from None
@@ -116,7 +120,7 @@ class DuckDBOfflineStore(OfflineStore):
             if part.num_rows < self.policy.journal_below_rows:
                 self._journal(spec, partition_dir, part)
             else:
-                segments.write_segment(partition_dir, part)
+                segments.write_segment(partition_dir, part, fsync=self.fsync)
                 touched.append(partition_dir)
         self._recent.remember(table.column(MESSAGE_ID).to_pylist())
         for partition_dir in touched:
@@ -130,9 +134,13 @@ class DuckDBOfflineStore(OfflineStore):
             part = part.replace_schema_metadata(None)
         with self._journal_lock:
             if partition_dir not in self._journals:
-                self._journals[partition_dir] = (spec, segments.Journal(partition_dir, arrow_schema(spec)))
+                self._journals[partition_dir] = (spec, Journal(partition_dir, arrow_schema(spec), fsync=self.fsync))
                 self._compactor.submit(self._compactor.convert_journals, spec, partition_dir)  # dead writers'
-            self._journals[partition_dir][1].append(part)
+            try:
+                self._journals[partition_dir][1].append(part)
+            except JournalGone:  # its partition was deleted under us: a new journal, in a recreated directory
+                self._journals[partition_dir] = (spec, Journal(partition_dir, arrow_schema(spec), fsync=self.fsync))
+                self._journals[partition_dir][1].append(part)
             now = time.monotonic()
             done = [path for path, (_, j) in self._journals.items() if self.policy.journal_done(j, now)]
             for path in done:
@@ -147,7 +155,7 @@ class DuckDBOfflineStore(OfflineStore):
             for _, journal in sealed.values():
                 journal.seal()
         for _, journal in sealed.values():
-            segments.journal_to_segment(journal.path)
+            journal_to_segment(journal.path)
         return len(sealed)
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
@@ -203,9 +211,11 @@ class DuckDBOfflineStore(OfflineStore):
         for entity, version, table_dir in segments.table_dirs(self.root):
             spec = self._spec_or_none(entity, version)
             stats = self._read(lambda con, d=table_dir, s=spec: _table_stats(con, d, s))
-            if stats[0]:
+            damaged = len(quarantined(table_dir))
+            if stats[0] or damaged:
                 rows, first, last, ingested = stats
-                entries.append(LedgerEntry(entity, version, int(rows), _utc(first), _utc(last), _utc(ingested)))
+                entry = LedgerEntry(entity, version, int(rows), _utc(first), _utc(last), _utc(ingested), damaged)
+                entries.append(entry)
         return entries
 
     def high_water_mark(self, spec: EntitySpec) -> int | None:
@@ -363,7 +373,7 @@ class Sources:
 
 def _sources(con: duckdb.DuckDBPyConnection, table_dir: Path) -> Sources:
     listing = segments.listing(table_dir)
-    journal = segments.read_journals(listing.journals)
+    journal = read_journals(listing.journals)
     view = None
     if journal is not None:
         view = f"__fstore_journal_{table_dir.name}"

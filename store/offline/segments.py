@@ -5,12 +5,11 @@
     <root>/<entity>_v<N>/date=YYYY-MM-DD/<writer-uuid>.arrows        a journal: small batches, appended
     <root>/_dead_letters/date=YYYY-MM-DD/<batch-uuid>.parquet
 
-Journals are for the streaming job, whose local runner writes a batch of ≤ 10 rows per bundle: a parquet
-file per batch is mostly fixed overhead, and was the job's largest cost (docs/performance-notes.md). A
-writer appends small batches to its own journal (an Arrow IPC stream, far cheaper per batch), holding an
-exclusive flock on it; readers read journals up to the last complete batch. A full or old journal is sealed
-and turned into one fresh segment, then deleted; a journal whose writer died (no lock) is turned into a
-segment by the next compaction of its partition. Until then readers read it as it is.
+Journals (journal.py) are for the streaming job's small batches: a parquet file per small batch is mostly
+fixed overhead, and was the job's largest cost (docs/performance-notes.md). A writer appends small batches
+to its own journal, holding an exclusive flock on it; readers read its verified batches. A full or old
+journal is sealed and turned into one fresh segment, then deleted; a journal whose writer died (no lock) is
+turned into a segment by the next compaction of its partition. Until then readers read it as it is.
 
 Why files and not a DuckDB database: a DuckDB file open read-write in one process (the streaming ingest
 job, for hours) cannot be opened by any other process, not even read-only. Plain files can be appended
@@ -30,9 +29,7 @@ import contextlib
 import fcntl
 import os
 import re
-import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -132,105 +129,35 @@ def listing(table_dir: Path) -> Listing:
     return Listing(clean, mixed, fresh, journals)
 
 
-def write_segment(partition_dir: Path, table: pa.Table) -> Path:
-    """Write one fresh segment atomically: readers see all of it or none of it."""
+def write_segment(partition_dir: Path, table: pa.Table, *, fsync: bool = False) -> Path:
+    """Write one fresh segment atomically: readers see all of it or none of it. With `fsync`, the file and
+    its directory entry are on the disk when this returns."""
     partition_dir.mkdir(parents=True, exist_ok=True)
     name = f"{uuid.uuid4().hex}.parquet"
-    return write_atomically(partition_dir / name, table)
+    return write_atomically(partition_dir / name, table, fsync=fsync)
 
 
-def write_atomically(path: Path, table: pa.Table) -> Path:
+def write_atomically(path: Path, table: pa.Table, *, fsync: bool = False) -> Path:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         # No embedded Arrow schema: DuckDB reads parquet's own logical types, and serializing the Arrow schema
         # was most of the cost of a small streaming segment (docs/performance-notes.md).
         pq.write_table(table, tmp, store_schema=False)
+        if fsync:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if fsync:
+            _fsync(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
 
 
-class Journal:
-    """This process's journal in one partition: small batches appended as Arrow IPC stream messages. The
-    exclusive flock held while it is open tells compactions (of any process) to leave it alone."""
-
-    def __init__(self, partition_dir: Path, schema: pa.Schema) -> None:
-        partition_dir.mkdir(parents=True, exist_ok=True)
-        self.path = partition_dir / f"{uuid.uuid4().hex}{JOURNAL_SUFFIX}"
-        # Created under a hidden name and locked before it is visible: a compaction that found it unlocked
-        # would take it for a dead writer's and delete it under us.
-        hidden = self.path.with_name(f".{self.path.name}.tmp")
-        lock_fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # A store dropped without close() releases its journals too, for compactions to pick up.
-        self._release = weakref.finalize(self, os.close, lock_fd)
-        self._sink = pa.OSFile(str(hidden), "wb")  # unbuffered: each batch reaches the file at once
-        self._writer = pa.ipc.new_stream(self._sink, schema)
-        os.rename(hidden, self.path)  # the lock and the open file follow the inode
-        self.rows = 0
-        self.opened = time.monotonic()
-
-    def append(self, table: pa.Table) -> None:
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-
-    def seal(self) -> Path:
-        """No more appends; the lock is released, so the journal can be turned into a segment."""
-        try:
-            self._writer.close()
-            self._sink.close()
-        finally:
-            self._release()
-        return self.path
-
-
-def read_journal(path: Path) -> pa.Table | None:
-    """A journal's complete batches (None when it has none yet). A batch being appended, or cut short by a
-    writer that died, ends the read. A journal deleted meanwhile raises FileNotFoundError: its rows are in
-    a segment by then, so the caller lists the partition again."""
-    data = path.read_bytes()
-    batches = []
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        reader = pa.ipc.open_stream(data)
-        while True:
-            batches.append(reader.read_next_batch())
-    except StopIteration:
-        pass
-    except (pa.ArrowInvalid, OSError):
-        pass  # an incomplete tail (or an empty file: its writer has not written the schema yet)
-    return pa.Table.from_batches(batches) if batches else None
-
-
-def read_journals(paths: list[Path]) -> pa.Table | None:
-    tables = [t for t in (read_journal(p) for p in paths) if t is not None]
-    if not tables:
-        return None
-    return pa.concat_tables(tables, promote_options="default")
-
-
-def journal_to_segment(path: Path) -> Path | None:
-    """Turn a journal no writer holds (sealed, or left by a writer that died) into one fresh segment, then
-    delete it. None when a writer holds it, or another process got to it first."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        try:
-            if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                return None  # converted and deleted between our open and our lock
-        except FileNotFoundError:
-            return None
-        table = read_journal(path)
-        segment = write_segment(path.parent, table) if table is not None and table.num_rows else None
-        path.unlink()  # while still locked: no other converter can read it after the segment exists
-        return segment
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -24,6 +24,7 @@ from fstore.store.offline import segments
 from fstore.store.offline.bigquery import BigQueryOfflineStore, finish_batches, json_row
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.export import plan_export
+from fstore.store.offline.journal import read_journal
 from fstore.store.offline.manifest import ExportOptions
 from fstore.store.offline.sql import bigquery_export_sql
 
@@ -97,7 +98,7 @@ def bigquery_answer(offline: DuckDBOfflineStore, plan: Any) -> list[dict[str, An
     for j in plan.joins:
         parts = segments.partitions(offline.root / j.spec.table_name)
         tables = [pq.read_table(p) for part in parts for p in part.files]
-        tables += [segments.read_journal(p) for part in parts for p in part.journals]
+        tables += [read_journal(p).table for part in parts for p in part.journals]
         raw = pa.concat_tables([t for t in tables if t is not None], promote_options="default")
         con.register("raw", raw)
         con.execute(f'CREATE TABLE "{PROJECT}".{DATASET}.{j.spec.table_name} AS SELECT * FROM raw')

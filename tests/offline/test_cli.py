@@ -75,6 +75,7 @@ def test_ledger_and_compact(configured: DuckDBOfflineStore) -> None:
         "first_event_time": "2026-03-01T00:00:00Z",
         "last_event_time": "2026-03-01T00:00:03Z",
         "last_ingest_time": "2026-03-01T00:00:04Z",
+        "quarantined_files": 0,
     }
     result = runner.invoke(app, ["compact", "--entity", "user"])  # the writer is still open: its journal stays
     assert result.exit_code == 0 and "user/v1: 0 day partition(s) compacted, 0 file(s) merged" in result.output

@@ -13,9 +13,9 @@ import pyarrow as pa
 
 from fstore.schema.registry import EntitySpec, Registry
 from fstore.schema.tables import arrow_schema
-from fstore.store.offline import segments
 from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.journal import Journal
 from tests.offline.conftest import T0, at, rows
 
 DAY = "date=2026-03-01"
@@ -67,7 +67,7 @@ def test_a_dead_writers_journal_is_read_up_to_its_last_whole_batch_then_compacte
     store = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(settle_past_days=False))
     store.write(user, rows(user, {"key": 1, "t": 0, "id": "a"}))
     partition = tmp_path / "o" / "user_v1" / DAY
-    dead = segments.Journal(partition, arrow_schema(user))
+    dead = Journal(partition, arrow_schema(user))
     dead.append(rows(user, {"key": 2, "t": 1, "id": "b"}))
     dead.append(rows(user, {"key": 1, "t": 0, "id": "a", "ingest": 50}))  # a redelivery, stored twice
     stream = pa.BufferOutputStream()
