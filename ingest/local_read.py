@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -64,9 +65,7 @@ class InFlight:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-            self._client = pubsub_v1.SubscriberClient()
+            self._client = subscriber_client()
         return self._client
 
     def pulled(self, subscription: str, ack_ids: Iterable[str]) -> None:
@@ -118,15 +117,37 @@ class InFlight:
 IN_FLIGHT = InFlight()
 
 
+def subscriber_client() -> Any:
+    """A subscriber that takes responses of any size. Against the emulator the client library opens a plain
+    channel with gRPC's 4 MB receive limit, so one large message made every pull fail; real Pub/Sub's
+    channel has no limit already."""
+    import os
+
+    import grpc
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    channel = grpc.insecure_channel(host, options=options)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
 class _AckAfterWriteReadEvaluator(transform_evaluator._PubSubReadEvaluator):
     """The local runner's Pub/Sub read, pulling up to PULL_MAX_MESSAGES and leaving the acks to the ingest step.
     fstore reads with no timestamp attribute: element timestamps are publish times, as in Beam's read."""
 
     def _read_from_pubsub(self, timestamp_attribute: str | None) -> list[tuple[Timestamp, PubsubMessage]]:
-        client = self._get_subscriber_client(self._applied_ptransform)  # type: ignore[no-untyped-call]
-        response = client.pull(
-            subscription=self._sub_name, max_messages=PULL_MAX_MESSAGES, timeout=PULL_TIMEOUT_SECONDS
-        )
+        try:
+            response = IN_FLIGHT.client.pull(
+                subscription=self._sub_name, max_messages=PULL_MAX_MESSAGES, timeout=PULL_TIMEOUT_SECONDS
+            )
+        except Exception as exc:  # Pub/Sub unreachable, or a pull refused: nothing was taken, pull again
+            log.warning("pull from %s failed (%s); pulling again", self._sub_name, exc)
+            time.sleep(1.0)
+            return []
         # The raw protobuf, not proto-plus wrappers: field access through the wrappers was most of the read's
         # cost (a py-spy profile of the job draining a backlog).
         received = type(response).pb(response).received_messages

@@ -292,3 +292,28 @@ def test_kill_9_loop_loses_nothing(
     assert [r["age"] if r else None for r in rows] == [per_user - 1] * users
     assert fs.offline.dead_letters().num_rows == 0
     fs.close()
+
+
+def test_large_messages_neither_jam_nor_stop_the_job(redis_url: str, names: dict[str, str], stream_job: Any) -> None:
+    """Pub/Sub takes messages up to 10 MB. Twelve valid 500 KB events, one 5.2 MB event (above the 1 MiB
+    default limit) and eight small ones: the twenty valid ones are stored, the large one is a dead letter,
+    and the job keeps running (gRPC's 4 MB receive limit used to fail every pull behind such a message)."""
+    fs = FeatureStore.from_config()
+    spec = fs.spec("user")
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, names["topic"])
+    job = stream_job()
+    subscriber = pubsub_v1.SubscriberClient()
+    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    now = datetime.now(UTC).replace(microsecond=0)
+    payloads = [user_event(spec, 100 + i, now, country="x" * 500_000) for i in range(12)]
+    payloads.append(user_event(spec, 999, now, country="y" * 5_200_000))
+    payloads += [user_event(spec, 200 + i, now, age=3) for i in range(8)]
+    for f in [publisher.publish(topic, data, **routing(spec)) for data in payloads]:
+        f.result()
+    wait_for(lambda: fs.offline.history(spec).num_rows == 20, 120, "the 20 valid events offline")
+    wait_for(lambda: fs.offline.dead_letters().num_rows == 1, 60, "the dead letter")
+    assert fs.offline.dead_letters().column("reason").to_pylist() == ["too_large"]
+    assert all(r is not None for r in fs.get_online("user", [*range(100, 112), *range(200, 208)]))
+    assert job.poll() is None
+    fs.close()
