@@ -11,7 +11,7 @@ from fstore.api.errors import TooManyIdsError
 from fstore.api.metrics import ApiMetrics
 from fstore.store import FeatureStore
 from fstore.store.ids import check_ids
-from fstore.store.jsonrows import dumps_online_response
+from fstore.store.jsonrows import dumps_online_response, float_field_names
 
 
 def split_features(values: Sequence[str] | None) -> list[str] | None:
@@ -46,4 +46,5 @@ class OnlineReader:
         rows = await self.store.get_online_async(entity, checked, features, spec.version)
         found = sum(row is not None for row in rows)
         self.metrics.count_rows(spec.name, spec.version, found, len(rows) - found)
-        return dumps_online_response(spec.name, spec.version, rows)
+        floats = float_field_names(spec.select(features))
+        return dumps_online_response(spec.name, spec.version, rows, floats)

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -183,11 +184,20 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(f"FSTORE_CONFIG points at {path}, which does not exist")
     try:
         return Settings(**overrides)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SettingsError(f"{where}: not valid YAML ({problem}); fix it, or point FSTORE_CONFIG elsewhere") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not a text file (YAML expected); point FSTORE_CONFIG at fstore.yaml") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
         )
         raise SettingsError(f"invalid settings ({path} / FSTORE_* environment): {problems}") from None
+    except (TypeError, ValueError) as exc:  # after ValidationError, which is a ValueError too
+        raise SettingsError(f"{path}: the top level must be a mapping of settings (key: value), not {exc}") from None
 
 
 @functools.lru_cache(maxsize=1)

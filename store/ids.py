@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from fstore.errors import InvalidIdError
 from fstore.schema.registry import EntitySpec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# ASCII digits with an optional sign: Python's int() also takes "9_0_0" and non-ASCII digits ("٤٢"), which
+# would silently read as another id.
+DECIMAL = re.compile(r"[+-]?[0-9]{1,19}")
 
 
 def check_ids(spec: EntitySpec, ids: Iterable[object], *, from_text: bool = False) -> list[int | str]:
@@ -18,10 +22,9 @@ def check_ids(spec: EntitySpec, ids: Iterable[object], *, from_text: bool = Fals
     for position, value in enumerate(ids):
         if key.kind == "int64":
             if isinstance(value, str) and from_text:
-                try:
-                    value = int(value, 10)
-                except ValueError:
-                    raise InvalidIdError(_bad(spec, position, value)) from None
+                if not DECIMAL.fullmatch(value):
+                    raise InvalidIdError(_bad(spec, position, value))
+                value = int(value, 10)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise InvalidIdError(_bad(spec, position, value))
             if not INT64_MIN <= value <= INT64_MAX:
@@ -37,5 +40,11 @@ def check_ids(spec: EntitySpec, ids: Iterable[object], *, from_text: bool = Fals
 def _bad(spec: EntitySpec, position: int, value: object) -> str:
     return (
         f"{spec.name} ids are {spec.key.kind} ({spec.key.name}); "
-        f"got {type(value).__name__} {value!r} at position {position}"
+        f"got {type(value).__name__} {_shown(value)} at position {position}"
     )
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """An input value in a message, cut so the message stays short whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"

@@ -8,7 +8,7 @@ from datetime import datetime
 import typer
 
 from fstore.store.ids import check_ids
-from fstore.store.jsonrows import dumps_online_response
+from fstore.store.jsonrows import dumps_online_response, float_field_names
 
 online_app = typer.Typer(help="Read the online store (latest values per entity id, by event time).")
 
@@ -29,7 +29,8 @@ def get(
         names = [f.strip() for f in features.split(",") if f.strip()] if features else None
         rows = fs.get_online(entity, check_ids(spec, ids, from_text=True), names, spec.version)
     if json_output:
-        sys.stdout.buffer.write(dumps_online_response(spec.name, spec.version, rows) + b"\n")
+        floats = float_field_names(spec.select(names))
+        sys.stdout.buffer.write(dumps_online_response(spec.name, spec.version, rows, floats) + b"\n")
         return
     columns = [spec.key.name, spec.event_time.name, *(f.name for f in spec.select(names))]
     table = [

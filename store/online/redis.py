@@ -30,6 +30,7 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
+    InvalidResponse,
     MasterDownError,
     MovedError,
     NoScriptError,
@@ -49,7 +50,15 @@ from fstore.store.online.base import EntityId, OnlineStore, Row, WriteResult
 
 HEADER = struct.Struct(">dd")
 COMPARE_AND_SET = (Path(__file__).with_name("compare_and_set.lua")).read_bytes()
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, StoreUnavailableError)
+# InvalidResponse: what answered is not speaking RESP (redis_url names an HTTP server, say).
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    InvalidResponse,
+    ConnectionError,
+    OSError,
+    StoreUnavailableError,
+)
 # Error replies that say "not now" rather than "never": out of memory under `noeviction`, a read-only replica
 # (during a failover), a failed background save, a dataset still loading, a busy script, a cluster in flux.
 _TRANSIENT_REPLY = re.compile(r"\b(OOM|READONLY|MISCONF|LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b")
@@ -298,6 +307,10 @@ class RedisOnlineStore(OnlineStore):
         return client
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        if isinstance(exc, InvalidResponse):
+            return StoreUnavailableError(
+                f"{redacted(self.url)} answered, but not as Redis ({exc}): check redis_url / FSTORE_REDIS_URL"
+            )
         return StoreUnavailableError(f"Redis at {redacted(self.url)} is unavailable: {exc}")
 
     def close(self) -> None:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from fstore.cli import app
+from fstore.settings import load_settings
+from fstore.store import FeatureStore
+from tests.api.conftest import user
 
 USER_FIELDS = {
     "user_id", "event_time", "age", "country", "is_premium", "lifetime_orders", "avg_order_value",
@@ -109,6 +116,10 @@ def test_non_integer_version_is_422(client: TestClient) -> None:
         ("user", "id=abc", "'abc'"),
         ("user", "id=1&id=2.5", "'2.5'"),
         ("user", f"id={2**63}", str(2**63)),  # outside int64
+        ("user", "id=9_0_0_0_0_4", "'9_0_0_0_0_4'"),  # Python's int() reads it as 900004
+        ("user", "id=%D9%A4%D9%A2", "'٤٢'"),  # Arabic-Indic digits: int() reads them as 42
+        ("user", "id=1e3", "'1e3'"),
+        ("user", "id=" + "1" * 80, "(82 characters)"),  # the message quotes the id, cut
     ],
 )
 def test_bad_id_in_query_is_422_naming_it(client: TestClient, entity: str, query: str, named: str) -> None:
@@ -167,3 +178,18 @@ def test_default_max_ids_is_1000(client: TestClient) -> None:
 def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
     error_of(client.get("/v2/online/user"), 404, "not_found")
     error_of(client.delete("/v1/online/user"), 405, "method_not_allowed")
+
+
+def test_non_finite_floats_read_as_strings_never_as_null(client: TestClient) -> None:
+    """NaN and ±Inf come back as protobuf's JSON mapping writes them ("NaN", "Infinity", "-Infinity"), so a
+    model can tell a broken value from a missing one (null); the CLI's --json says the same."""
+    nan, inf = float("nan"), float("inf")
+    with FeatureStore(load_settings()) as fs:
+        fs.write_online("user", [user(fs, 5, avg_order_value=nan, embedding=[nan, -inf, 1.0, inf] + [0.0] * 12)])
+        fs.write_online("user", [user(fs, 6, age=3)])
+    rows = client.get("/v1/online/user?id=5&id=6&features=avg_order_value,embedding,age").json()["rows"]
+    assert rows[0]["avg_order_value"] == "NaN"
+    assert rows[0]["embedding"][:4] == ["NaN", "-Infinity", 1.0, "Infinity"]
+    assert rows[1]["avg_order_value"] is None and rows[1]["embedding"] == []  # unset stays null
+    cli = CliRunner().invoke(app, ["online", "get", "user", "5", "--features", "avg_order_value", "--json"])
+    assert json.loads(cli.output)["rows"][0]["avg_order_value"] == "NaN"
