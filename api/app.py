@@ -20,6 +20,7 @@ from fstore.api.auth import Authenticator
 from fstore.api.catalog import Catalog
 from fstore.api.dependencies import Services
 from fstore.api.errors import install_error_handlers
+from fstore.api.gate import RequestGate
 from fstore.api.metrics import ApiMetrics, MetricsMiddleware
 from fstore.api.reads import OnlineReader
 from fstore.api.routes import router
@@ -74,7 +75,8 @@ def create_app(settings: Settings | None = None, store: FeatureStore | None = No
     )
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestGate, max_body_bytes=settings.api.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the gate's answers too
     document_security(app, settings.api.auth)
     return app
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from fstore.errors import (
     InvalidIdError,
@@ -65,12 +66,20 @@ class TooManyIdsError(ApiError):
     code = "too_many_ids"
 
 
+MAX_DETAIL_CHARS = 1_000
+
+
+def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """Input quoted in an error, cut: an error never echoes an unbounded request back."""
+    return text if len(text) <= limit else f"{text[:limit]}… (cut: {len(text):,} characters)"
+
+
 def error_response(
     request: Request, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     # Kept on the request state so the metrics middleware can count errors by code without parsing bodies.
     request.state.error_code = code
-    body = dumps({"error": code, "detail": detail})
+    body = dumps({"error": code, "detail": bounded(detail)})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -91,6 +100,16 @@ def describe_validation_errors(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path (asked of the routes themselves, included
+    routers too)."""
+    routes = request.app.routes
+    return [m for m in HTTP_METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -107,7 +126,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail), exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(request, exc.status_code, code, str(exc.detail), headers)
 
     app.add_exception_handler(ApiError, on_api_error)
     for error_class in STORE_ERRORS:

@@ -74,6 +74,8 @@ class ApiKey(BaseModel):
 
 class ApiSettings(BaseModel):
     max_ids: int = Field(1000, ge=1)
+    # Larger request bodies get a 413 before they are read whole (max_ids string ids of 1 kB fit easily).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     auth: bool = False
     keys: list[ApiKey] = []
     # Serving on a non-loopback address without auth must be asked for explicitly.

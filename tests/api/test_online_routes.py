@@ -193,3 +193,9 @@ def test_non_finite_floats_read_as_strings_never_as_null(client: TestClient) -> 
     assert rows[1]["avg_order_value"] is None and rows[1]["embedding"] == []  # unset stays null
     cli = CliRunner().invoke(app, ["online", "get", "user", "5", "--features", "avg_order_value", "--json"])
     assert json.loads(cli.output)["rows"][0]["avg_order_value"] == "NaN"
+
+
+def test_405_names_every_method_the_path_serves(client: TestClient) -> None:
+    response = client.put("/v1/online/user", json={"ids": [1]})
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET, POST"

@@ -50,6 +50,12 @@ def get(url: str) -> tuple[int, bytes]:
 
 @contextmanager
 def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    with serving_process(*args, env=env) as (base, _):
+        yield base
+
+
+@contextmanager
+def serving_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fstore.cli", "serve", "--port", str(port), *args],
@@ -71,7 +77,7 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "fstore serve did not answer /healthz within 30 s"
             time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         proc.wait(timeout=15)
