@@ -31,7 +31,7 @@ from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schem
 from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline.base import LedgerEntry, OfflineStore
 from fstore.store.offline.duckdb import conform
-from fstore.store.offline.export import ExportPlan, finish_export, plan_export
+from fstore.store.offline.export import ExportPlan, check_output, finish_export, plan_export
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.schema import (
     DEAD_LETTER_SCHEMA,
@@ -201,6 +201,7 @@ class BigQueryOfflineStore(OfflineStore):
         suffix = uuid.uuid4().hex[:12]
         spine_table, result_table = f"_fstore_spine_{suffix}", f"_fstore_export_{suffix}"
         out = Path(out)
+        check_output(out, plan)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
         sql = bigquery_export_sql(plan, self.project, self.dataset, spine_table)

@@ -35,7 +35,7 @@ from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline import segments
 from fstore.store.offline.base import Compaction, CompactionResult, LedgerEntry, OfflineStore
 from fstore.store.offline.compaction import CompactionPolicy, Compactor, escape, partitions_to_fold
-from fstore.store.offline.export import finish_export, plan_export, quote
+from fstore.store.offline.export import check_output, finish_export, plan_export, quote
 from fstore.store.offline.journal import Journal, JournalGone, journal_to_segment, quarantined, read_journals
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.progress import execute_with_progress
@@ -244,6 +244,7 @@ class DuckDBOfflineStore(OfflineStore):
         options = options or ExportOptions()
         plan = plan_export(self.registry, spine, features, options, self.high_water_mark)
         out = Path(out)
+        check_output(out, plan)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
         spine_table = plan.spine.table

@@ -26,7 +26,7 @@ from fstore.errors import FstoreError
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 from fstore.store.events import utc_from_micros
 from fstore.store.offline.manifest import ExportOptions, Manifest, ManifestOutput
-from fstore.store.offline.spine import ROW_COLUMN, Spine, load_spine
+from fstore.store.offline.spine import REMOTE, ROW_COLUMN, Spine, load_spine
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 DEFAULT_COLUMN_FORMAT = "{entity}__{feature}"
@@ -151,6 +151,18 @@ def plan_export(
         joins.append(EntityJoin(spec, fields, tuple(columns), mark))
     refs = tuple(f"{spec.name}:{f.name}" for spec, fields in resolved for f in fields)
     return ExportPlan(loaded, tuple(joins), refs, column_format)
+
+
+def check_output(out: Path, plan: ExportPlan) -> None:
+    """Where the training set goes: a local file path, not a directory, and not the spine itself."""
+    if REMOTE.match(str(out)):
+        raise ExportError(f"--out {str(out)!r}: remote paths are not supported yet; write locally, then copy it")
+    if out.is_dir():
+        raise ExportError(
+            f"--out {str(out)!r} is a directory; name the parquet file to write, e.g. {out / 'train.parquet'}"
+        )
+    if plan.spine.source is not None and out.resolve() == Path(plan.spine.source).resolve():
+        raise ExportError(f"--out {str(out)!r} is the spine itself: it would be overwritten; write elsewhere")
 
 
 def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> Manifest:

@@ -8,6 +8,7 @@ inside the engine.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ def load_spine(spine: Any, timestamp_column: str, entities: list[EntitySpec]) ->
     """Read and check a spine: a parquet path, a pyarrow Table or a pandas DataFrame."""
     source: str | None = None
     if isinstance(spine, (str, Path)):
+        refuse_remote(str(spine), "--spine")
         path = Path(spine)
         if not path.is_file():
             raise SpineError(f"spine file {str(path)!r} does not exist")
@@ -71,10 +73,51 @@ def load_spine(spine: Any, timestamp_column: str, entities: list[EntitySpec]) ->
     nulls = table.column(timestamp_column).null_count
     if nulls:
         raise SpineError(f"spine column {timestamp_column!r} has {nulls} null timestamps; every row needs one")
+    for spec in entities:
+        check_keys(table.column(spec.key.name), spec)
+    check_timestamps(table.column(timestamp_column), timestamp_column)
     digest = content_sha256(table)
     bounds = time_bounds(table.column(timestamp_column))
     table = table.append_column(ROW_COLUMN, pa.array(range(table.num_rows), type=pa.int64()))
     return Spine(table, source, timestamp_column, digest, bounds)
+
+
+# A URL scheme (gs://, s3://, https://), also as a Path leaves it ("gs://b/t" becomes "gs:/b/t").
+REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*:/")
+INT64_MAX = 2**63 - 1
+# Timestamps DuckDB and Python's datetime both hold (years 1 to 9999 overflow on the way in or out).
+MIN_TIMESTAMP_MICROS = -62_135_596_800_000_000 + 86_400_000_000  # 0001-01-02
+MAX_TIMESTAMP_MICROS = 253_402_214_400_000_000 - 86_400_000_000  # 9999-12-30
+
+
+def refuse_remote(path: str, option: str) -> None:
+    """Remote paths are not read or written yet: say so, rather than treat `gs://b/t` as a local folder."""
+    if REMOTE.match(path):
+        raise SpineError(
+            f"{option} {path!r}: remote paths are not supported yet; copy the file locally "
+            "(gsutil cp / gcloud storage cp) and pass the local path"
+        )
+
+
+def check_keys(column: pa.ChunkedArray, spec: EntitySpec) -> None:
+    key = spec.key.name
+    if column.null_count:
+        raise SpineError(
+            f"spine column {key!r} (key of {spec.name!r}) has {column.null_count} null ids; every row needs one"
+        )
+    if spec.key.kind == "int64" and len(column) and pa.types.is_unsigned_integer(column.type):
+        largest = pc.max(column).as_py()
+        if largest is not None and largest > INT64_MAX:
+            raise SpineError(f"spine column {key!r} holds {largest}, which does not fit {spec.name!r}'s int64 key")
+
+
+def check_timestamps(column: pa.ChunkedArray, name: str) -> None:
+    bounds = time_bounds(column)
+    if bounds is not None and (bounds[0] < MIN_TIMESTAMP_MICROS or bounds[1] > MAX_TIMESTAMP_MICROS):
+        raise SpineError(
+            f"spine column {name!r} has timestamps outside years 1 to 9999 "
+            f"(from {bounds[0]:,} to {bounds[1]:,} µs after the epoch)"
+        )
 
 
 def time_bounds(column: pa.ChunkedArray) -> tuple[int, int] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,28 @@ GOOD = {"user_id": [1], "event_timestamp": [at(1)]}
         (GOOD, ["user:age"], {"column_format": "{feature"}, ExportError, "column format"),
         (GOOD, ["user:age"], {"column_format": "user_id"}, ExportError, "clashes"),
         (GOOD, ["user:age"], {"reproduce": "/nonexistent/m.json"}, ExportError, "does not exist"),
+        ({"user_id": [1, None], "event_timestamp": [at(1), at(2)]}, ["user:age"], {}, SpineError, "1 null ids"),
+        (
+            {"user_id": pa.array([2**64 - 1], pa.uint64()), "event_timestamp": [at(1)]},
+            ["user:age"],
+            {},
+            SpineError,
+            "18446744073709551615, which does not fit 'user''s int64 key",
+        ),
+        (
+            {"user_id": [1], "event_timestamp": pa.array([datetime(1, 1, 1)], pa.timestamp("us"))},
+            ["user:age"],
+            {},
+            SpineError,
+            "outside years 1 to 9999",
+        ),
+        (
+            {"user_id": [1], "event_timestamp": pa.array([datetime(9999, 12, 31, 23)], pa.timestamp("us"))},
+            ["user:age"],
+            {},
+            SpineError,
+            "outside years 1 to 9999",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_work(
@@ -184,3 +208,30 @@ def test_missing_or_unreadable_spine_file(offline: DuckDBOfflineStore, tmp_path:
         offline.export_training_set(tmp_path / "junk.parquet", ["user:age"], tmp_path / "t.parquet")
     with pytest.raises(SpineError, match="must be a parquet path"):
         offline.export_training_set([1, 2], ["user:age"], tmp_path / "t.parquet")
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("gs://bucket/train.parquet", "remote paths are not supported yet"),
+        ("DIR", "is a directory"),
+        ("SPINE", "is the spine itself"),
+    ],
+)
+def test_bad_outputs_are_refused_and_the_spine_is_untouched(
+    offline: DuckDBOfflineStore, user: EntitySpec, tmp_path: Path, out: str, message: str
+) -> None:
+    offline.write(user, rows(user, {"key": 1, "t": 0, "age": 3}))
+    spine = tmp_path / "spine.parquet"
+    pq.write_table(pa.table(GOOD), spine)
+    before = spine.read_bytes()
+    target = {"DIR": str(tmp_path), "SPINE": str(spine)}.get(out, out)
+    with pytest.raises(ExportError, match=message):
+        offline.export_training_set(str(spine), ["user:age"], Path(target))
+    assert spine.read_bytes() == before
+    assert not Path("gs:").exists()
+
+
+def test_a_remote_spine_is_refused_naming_it(offline: DuckDBOfflineStore, tmp_path: Path) -> None:
+    with pytest.raises(SpineError, match=re.escape("--spine 'gs://bucket/spine.parquet': remote paths")):
+        offline.export_training_set("gs://bucket/spine.parquet", ["user:age"], tmp_path / "t.parquet")
