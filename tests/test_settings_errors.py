@@ -51,3 +51,12 @@ def test_a_redis_url_naming_a_server_that_is_not_redis_is_one_line(tmp_path: Pat
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "answered, but not as Redis" in lines[0] and "FSTORE_REDIS_URL" in lines[0]
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "fstore.yaml").write_bytes(b"project: [unclosed\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSTORE_")}
+    env["FSTORE_CONFIG"] = str(tmp_path / "fstore.yaml")
+    cmd = [sys.executable, "-m", "fstore.cli", "--debug", "ledger"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "SettingsError" in proc.stderr
