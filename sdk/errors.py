@@ -43,3 +43,7 @@ class SettingsError(FstoreError):
 
 class StoreUnavailableError(FstoreError):
     """A backing store (Redis, BigQuery, ...) cannot be reached; nothing was read or written wrongly."""
+
+
+class DamagedFileError(FstoreError):
+    """A file of the offline store cannot be read (truncated, overwritten); the message names it."""

@@ -146,7 +146,14 @@ class Compactor:
             tmp = target.with_name(f".{target.name}.tmp")
             sql = duckdb_compaction_sql(spec.key.name, spec.event_time.name, [str(p) for p in partition.files])
             with self._connect() as con:
-                con.execute(f"COPY ({sql}) TO '{escape(str(tmp))}' (FORMAT parquet)")
+                try:
+                    con.execute(f"COPY ({sql}) TO '{escape(str(tmp))}' (FORMAT parquet)")
+                except Exception as exc:  # a damaged input: nothing is replaced or deleted
+                    tmp.unlink(missing_ok=True)
+                    damaged = segments.damaged_file(exc)
+                    if damaged is None:
+                        raise
+                    raise damaged from None
                 rows = con.execute(f"SELECT count(*) FROM read_parquet('{escape(str(tmp))}')").fetchone()
             os.replace(tmp, target)
             for path in partition.files:

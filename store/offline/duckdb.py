@@ -300,10 +300,13 @@ class DuckDBOfflineStore(OfflineStore):
                 except FileNotFoundError:  # a journal turned into a segment meanwhile
                     if attempt == READ_ATTEMPTS - 1:
                         raise
-                except duckdb.IOException as exc:
-                    if attempt == READ_ATTEMPTS - 1 or (
-                        "No files found" not in str(exc) and "No such file" not in str(exc)
-                    ):
+                except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+                    gone = "No files found" in str(exc) or "No such file" in str(exc)  # compacted meanwhile
+                    if gone and attempt < READ_ATTEMPTS - 1:
+                        pass
+                    elif (damaged := segments.damaged_file(exc)) is not None and not gone:
+                        raise damaged from None
+                    else:
                         raise
             time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")

@@ -38,6 +38,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fstore.errors import DamagedFileError
+
 PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 COMPACTED = re.compile(r"^compacted-(\d+)\.parquet$")
 TABLE_DIR = re.compile(r"^(?P<entity>[a-z][a-z0-9_]*)_v(?P<version>[1-9][0-9]*)$")
@@ -152,6 +154,20 @@ def write_atomically(path: Path, table: pa.Table, *, fsync: bool = False) -> Pat
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
+
+
+_NAMED_FILE = re.compile(r"'([^']+\.parquet)'")  # the file a DuckDB read error names
+
+
+def damaged_file(exc: Exception) -> DamagedFileError | None:
+    """The store's error for a DuckDB read error that names an unreadable parquet file; None for others."""
+    named = _NAMED_FILE.search(str(exc))
+    if named is None:
+        return None
+    return DamagedFileError(
+        f"the offline store cannot read {named[1]} ({str(exc).splitlines()[0]}); fstore never deletes it: move "
+        "it out of the store to read the rest, and restore it from a backup or re-run its backfill"
+    )
 
 
 def _fsync(path: Path) -> None:

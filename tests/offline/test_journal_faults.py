@@ -4,6 +4,7 @@ partition deleted under a running writer. Rows in = rows readable (+ rows named 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from fstore.errors import DamagedFileError
 from fstore.ingest.retry import until_stored
 from fstore.schema.registry import EntitySpec, Registry
 from fstore.schema.tables import arrow_schema
+from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.journal import Journal, quarantined, read_journal
 from fstore.store.offline.segments import partition_dir
@@ -120,3 +123,15 @@ def test_a_partition_deleted_under_the_writer_loses_no_later_event(
         store.write(user, batch(user, n))  # type: ignore[arg-type]
     store.close()
     assert DuckDBOfflineStore(tmp_path / "o", registry).history(user).num_rows == 100  # every later one is kept
+
+
+def test_a_truncated_segment_is_named_and_never_deleted(tmp_path: Path, registry: Registry, user: EntitySpec) -> None:
+    store = DuckDBOfflineStore(tmp_path / "o", registry, policy=CompactionPolicy(journal_below_rows=0))
+    store.write(user, batch(user, 0))  # type: ignore[arg-type]  # a parquet segment
+    store.write(user, batch(user, 1))  # type: ignore[arg-type]
+    segment = sorted((tmp_path / "o" / user.table_name).rglob("*.parquet"))[0]
+    os.truncate(segment, 100)
+    for read in (lambda: store.history(user), store.ledger, lambda: store.compact(user)):
+        with pytest.raises(DamagedFileError, match=f"cannot read {re.escape(str(segment))}"):
+            read()
+    assert segment.exists() and segment.stat().st_size == 100  # nothing made the damage worse
