@@ -164,14 +164,18 @@ def check(
     if not schemas.is_dir():
         raise FstoreError(f"{schemas} is not a directory (pass --root, the repository root holding schemas/)")
     report = check_schemas(schemas, against)
-    for note in report.notes:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    for problem in report.problems:
-        typer.secho(problem, fg=typer.colors.RED, err=True)
+    print_report(report)
     if report.problems:
         typer.secho(f"schema check failed: {len(report.problems)} problem(s)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     typer.echo("schema check passed")
+
+
+def print_report(report: Report) -> None:
+    for note in report.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    for problem in report.problems:
+        typer.secho(problem, fg=typer.colors.RED, err=True)
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,15 @@ def codegen(
     only: list[str] = typer.Option(
         None, "--only", help="Run only these generators, repeated or comma-separated (registry, python, go, ...)."
     ),
+    against: str = typer.Option(
+        "main", "--against", help="Git ref whose schemas/ the new ones must stay compatible with."
+    ),
+    skip_schema_check: bool = typer.Option(
+        False, "--skip-schema-check", help="Generate even if `fstore schema check` finds problems."
+    ),
 ) -> None:
-    """Generate clients, docs, BigQuery schemas and the descriptor set from schemas/ (deterministic)."""
+    """Generate clients, docs, BigQuery schemas and the descriptor set from schemas/ (deterministic). Runs
+    `fstore schema check` first, and writes nothing if it fails: a breaking edit is never generated."""
     from fstore.codegen.generate import build, generators, stale, write
     from fstore.settings import CLIENT_LANGUAGES, load_settings
 
@@ -41,6 +48,14 @@ def codegen(
             raise typer.Exit(1)
         typer.echo(f"codegen output is up to date ({len(result.outputs)} files)")
         return
+    if not skip_schema_check:
+        from fstore.codegen.check import check_schemas, print_report
+
+        report = check_schemas((root / "schemas").resolve(), against)
+        print_report(report)
+        if report.problems:
+            typer.secho("nothing written: fix the schemas (or pass --skip-schema-check)", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)
     written = write(root, result)
     typer.echo(f"wrote {len(written)} of {len(result.outputs)} files")
     for f in written:

@@ -123,3 +123,14 @@ def test_against_a_remote_tracking_ref_in_a_clone(repo: Path, tmp_path_factory) 
     code, output = _check(clone, "--against", "origin/main")
     assert code == 1, output
     assert "lifetime_orders" in output
+
+
+def test_codegen_refuses_a_breaking_edit_and_writes_nothing(repo: Path) -> None:
+    """A double -> float change was once generated, and online reads then gave None for it."""
+    _edit(repo, "optional double avg_order_value = 7", "optional float avg_order_value = 7")
+    result = CliRunner().invoke(app, ["codegen", "--root", str(repo), "--only", "registry,python"])
+    assert result.exit_code == 1, result.output
+    assert "avg_order_value" in result.output and "nothing written" in result.output
+    assert not (repo / "clients").exists()
+    forced = CliRunner().invoke(app, ["codegen", "--root", str(repo), "--only", "registry", "--skip-schema-check"])
+    assert forced.exit_code == 0 and (repo / "clients/registry/descriptor_set.binpb").is_file()
