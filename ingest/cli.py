@@ -126,7 +126,26 @@ def dead_letters(
         typer.echo(f"  {d['ingest_time']:%Y-%m-%dT%H:%M:%SZ}  {d['message_id']}  {d['reason']}: {d['detail']}")
 
 
+def materialize(
+    entity: str = typer.Option(..., help="Entity name, e.g. user."),
+    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+) -> None:
+    """Rebuild the online store from the offline history (the latest row per key); the history is unchanged."""
+    from fstore.ingest.materialize import materialize as rebuild
+    from fstore.store import FeatureStore
+
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec(entity, version)
+        started = time.monotonic()
+        rows, done = rebuild(fs, spec)
+    typer.echo(
+        f"materialized {spec.ref} from {rows:,} history rows: {done.written:,} written online, {done.stale:,} "
+        f"already newer online, {done.expired:,} past their TTL, in {time.monotonic() - started:.1f} s"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(ingest_app, name="ingest")
     app.command("publish")(publish)
     app.command("dead-letters")(dead_letters)
+    app.command("materialize")(materialize)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from typer.testing import CliRunner
 
@@ -142,3 +143,26 @@ def test_backfill_rejects_a_missing_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(tmp_path / "no.jsonl")])
     assert result.exit_code == 2  # a usage error, before any Beam work
     assert "no such file" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_materialize_rebuilds_online_from_history_and_leaves_history_alone(tmp_path: Path, redis_url: str) -> None:
+    """After the online keys are lost, `fstore materialize` brings back the latest row per key (and not an
+    expired one); the history keeps its rows (a parquet round trip used to double it)."""
+    lines: list[dict[str, object] | str] = []
+    for user_id in range(1, 21):
+        for k in (2, 0, 1):
+            lines.append({"userId": str(user_id), "eventTime": stamp(NOW - timedelta(hours=k)), "age": 30 - k})
+    lines.append({"userId": "21", "eventTime": stamp(NOW - timedelta(days=40)), "age": 5})  # past the 30-day TTL
+    events = write_jsonl(tmp_path / "events.jsonl", lines)
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(events)]).exit_code == 0
+    redis.Redis.from_url(redis_url).flushall()  # the online store loses every key
+    result = runner.invoke(app, ["materialize", "--entity", "user"])
+    assert result.exit_code == 0, result.output
+    assert "from 61 history rows: 20 written online" in result.output and "1 past their TTL" in result.output
+    with FeatureStore.from_config() as fs:
+        rows = fs.get_online("user", list(range(1, 22)), features=["age"])
+        assert [r["age"] if r else None for r in rows] == [30] * 20 + [None]
+        assert fs.offline.history(fs.spec("user")).num_rows == 61
+    again = runner.invoke(app, ["materialize", "--entity", "user"])
+    assert "0 written online, 20 already newer online" in again.output  # idempotent
