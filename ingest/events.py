@@ -158,7 +158,8 @@ def _route(registry: Registry, attributes: dict[str, str]) -> EntitySpec:
         raise Rejected(
             "unknown_fingerprint",
             f"{spec.ref}: schema fingerprint {fingerprint!r} is not one this version ever had "
-            f"(current {spec.fingerprint}); the producer was built from a different schema",
+            f"(current {spec.fingerprint}): the producer was built from other schemas, or this job's are older "
+            "(it takes up a changed descriptor set by itself where it can read the file; otherwise restart it)",
         )
     return spec
 

@@ -159,6 +159,10 @@ class DeadLetterWriter:
             until_stored(lambda: [f.result(timeout=30) for f in futures], "dead-letter topic publish")
 
 
+# Reasons an event may have only because this job's schemas are older than its producer's.
+SCHEMA_CHANGE_REASONS = frozenset({"unknown_fingerprint", "unknown_version", "unknown_entity"})
+
+
 class _IngestEventsFn(IngestDoFn):
     def __init__(self, settings: Settings, flush_every: int, publish_dead_letters: bool) -> None:
         super().__init__(settings)
@@ -178,7 +182,18 @@ class _IngestEventsFn(IngestDoFn):
     def process(self, message: Any) -> Iterator[Any]:
         self.read.inc()
         self.to_ack.append(message)
-        result = decode_event(
+        result = self._decode(message)
+        if isinstance(result, DeadLetter) and result.reason in SCHEMA_CHANGE_REASONS and self.res.reload_registry():
+            result = self._decode(message)  # the schemas changed while the job ran: this event may be valid now
+        if isinstance(result, DeadLetter):
+            self.dead_letters.add(result)
+            yield result
+        else:
+            self.valid.inc()
+            self.writer.add(result)
+
+    def _decode(self, message: Any) -> Event | DeadLetter:
+        return decode_event(
             self.res.registry,
             message.data,
             dict(message.attributes or {}),
@@ -187,12 +202,6 @@ class _IngestEventsFn(IngestDoFn):
             max_bytes=self.res.settings.ingest.max_event_bytes,
             parsed=getattr(message, "parsed", None),
         )
-        if isinstance(result, DeadLetter):
-            self.dead_letters.add(result)
-            yield result
-        else:
-            self.valid.inc()
-            self.writer.add(result)
 
     def finish_bundle(self) -> None:
         self.writer.flush()

@@ -133,6 +133,12 @@ class DuckDBOfflineStore(OfflineStore):
         if part.schema.metadata:
             part = part.replace_schema_metadata(None)
         with self._journal_lock:
+            held = self._journals.get(partition_dir)
+            if held is not None and arrow_schema(held[0]) != arrow_schema(spec):
+                # The schema changed while the job runs (a field added): a journal holds one schema.
+                del self._journals[partition_dir]
+                held[1].seal()
+                self._compactor.submit(self._compactor.convert_journals, held[0], partition_dir)
             if partition_dir not in self._journals:
                 self._journals[partition_dir] = (spec, Journal(partition_dir, arrow_schema(spec), fsync=self.fsync))
                 self._compactor.submit(self._compactor.convert_journals, spec, partition_dir)  # dead writers'
