@@ -92,6 +92,7 @@ class StoreWriter:
         self.online_written = Metrics.counter(NAMESPACE, "online_written")
         self.online_stale = Metrics.counter(NAMESPACE, "online_stale")
         self.online_expired = Metrics.counter(NAMESPACE, "online_expired")
+        self.online_failed = Metrics.counter(NAMESPACE, "online_failed")
         self.lag = Metrics.distribution(NAMESPACE, "freshness_lag_ms")
 
     def add(self, event: Event) -> None:
@@ -123,6 +124,11 @@ class StoreWriter:
         self.online_written.inc(result.written)
         self.online_stale.inc(result.stale)
         self.online_expired.inc(result.expired)
+        if result.failed:  # stored offline already; the job goes on, loudly
+            self.online_failed.inc(result.failed)
+            log.warning("online write of %s: Redis refused %d row(s) for good (%s); they are in the offline "
+                        "history, and `fstore materialize` rewrites them once the key is fixed", spec.ref,
+                        result.failed, result.failure)  # fmt: skip
 
     def _record_lag(self, spec: Any, messages: list[Any]) -> None:
         now_micros = time.time_ns() // 1_000

@@ -18,14 +18,23 @@ Row = dict[str, Any]
 @dataclass(frozen=True)
 class WriteResult:
     """What one `write` call did: `written` replaced or created rows; `stale` lost to a newer (or equal)
-    stored event; `expired` were already past their TTL by event time and were not stored."""
+    stored event; `expired` were already past their TTL by event time and were not stored; `failed` were
+    refused by the store for good (a key holding a value of another type, say), `failure` says why (the first)."""
 
     written: int = 0
     stale: int = 0
     expired: int = 0
+    failed: int = 0
+    failure: str | None = None
 
     def __add__(self, other: WriteResult) -> WriteResult:
-        return WriteResult(self.written + other.written, self.stale + other.stale, self.expired + other.expired)
+        return WriteResult(
+            self.written + other.written,
+            self.stale + other.stale,
+            self.expired + other.expired,
+            self.failed + other.failed,
+            self.failure or other.failure,
+        )
 
 
 class OnlineStore(ABC):

@@ -172,7 +172,10 @@ class RedisOnlineStore(OnlineStore):
             return WriteResult(expired=expired)
         results = self._with_retry(lambda: self._compare_and_set(commands))
         written = results.count(1)
-        return WriteResult(written=written, stale=len(commands) - written, expired=expired)
+        refused = [(commands[i][0], r) for i, r in enumerate(results) if isinstance(r, Exception)]
+        failure = f"{refused[0][0].decode(errors='replace')}: {refused[0][1]}" if refused else None
+        stale = len(commands) - written - len(refused)
+        return WriteResult(written=written, stale=stale, expired=expired, failed=len(refused), failure=failure)
 
     def _compare_and_set(self, commands: list[tuple[bytes, bytes, int, int, int]]) -> list[Any]:
         results: list[Any] = [None] * len(commands)
@@ -195,9 +198,7 @@ class RedisOnlineStore(OnlineStore):
         transient = [e for e in errors if transient_reply(e)]
         if transient:
             raise StoreUnavailableError(f"Redis at {redacted(self.url)} refused the write for now: {transient[0]}")
-        if errors:
-            raise errors[0]
-        return results
+        return results  # any other error reply is one key's, for good: the caller counts it
 
     def _pools_for(self, keys: list[bytes]) -> list[tuple[Any, list[int]]]:
         """Which connection pool serves which keys: one for a standalone Redis, one per primary in a cluster."""

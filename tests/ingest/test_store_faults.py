@@ -13,7 +13,7 @@ from fstore.errors import StoreUnavailableError
 from fstore.ingest.retry import until_stored
 from fstore.schema.registry import Registry
 from fstore.settings import RedisSettings
-from fstore.store.online.redis import RedisOnlineStore
+from fstore.store.online.redis import RedisOnlineStore, row_key
 from fstore.testing import RedisServer
 
 
@@ -43,4 +43,24 @@ def test_redis_out_of_memory_stalls_the_write_until_memory_is_freed(registry: Re
         assert result.written == 100
         rows = store.read(spec, list(range(1, 101)), spec.select(["age"]))
         assert [r["age"] if r else None for r in rows] == [30] * 100
+        store.close()
+
+
+def test_a_key_redis_refuses_for_good_is_counted_and_the_rest_is_written(registry: Registry) -> None:
+    spec = registry.get("user")
+    now = datetime.now(UTC)
+    messages = []
+    for user_id in range(1, 11):
+        message = spec.message_class(user_id=user_id, age=30)
+        message.event_time.FromDatetime(now)
+        messages.append(message)
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        client.rpush(row_key(spec, 5), "not a row")  # someone else's list under fstore's key
+        store = RedisOnlineStore(server.url)
+        result = store.write(spec, messages)
+        assert (result.written, result.failed) == (9, 1)
+        assert result.failure is not None and "fs:user:v1:5" in result.failure and "WRONGTYPE" in result.failure
+        rows = store.read(spec, [1, 4, 6, 10], spec.select(["age"]))
+        assert [r["age"] if r else None for r in rows] == [30] * 4
         store.close()
