@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, store: FeatureStore | None = No
             app.state.services = Services(
                 store=fs,
                 reader=OnlineReader(fs, settings.api.max_ids, metrics),
-                catalog=Catalog(fs.registry),
+                catalog=Catalog(fs),
                 authenticator=Authenticator(settings.api),
                 metrics=metrics,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fstore.api.auth import Principal
 from fstore.api.models import EntityDetail, EntityList, EntitySummary, EntityVersionInfo, FieldInfo
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
+from fstore.store import FeatureStore
 
 
 def field_info(field: FieldSpec) -> FieldInfo:
@@ -38,10 +39,15 @@ def version_info(spec: EntitySpec) -> EntityVersionInfo:
 
 
 class Catalog:
-    """Read-only views of one registry; a caller sees only the entities its key may read."""
+    """Read-only views of the store's registry (the current one: it may be reloaded); a caller sees only the
+    entities its key may read."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    @property
+    def registry(self) -> Registry:
+        return self.store.registry
 
     def entities(self, principal: Principal) -> EntityList:
         summaries = []

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from fstore.api.errors import TooManyIdsError
 from fstore.api.metrics import ApiMetrics
+from fstore.errors import UnknownEntityError, UnknownFeatureError, UnknownVersionError
 from fstore.store import FeatureStore
 from fstore.store.ids import check_ids
 from fstore.store.jsonrows import dumps_online_response, float_field_names
@@ -40,7 +41,15 @@ class OnlineReader:
         api.errors) and TooManyIdsError (413)."""
         if len(ids) > self.max_ids:
             raise TooManyIdsError(f"at most {self.max_ids} ids per request (api.max_ids); got {len(ids)}")
-        spec = self.store.spec(entity, version)
+        try:
+            spec = self.store.spec(entity, version)
+            spec.select(features)
+        except (UnknownEntityError, UnknownVersionError, UnknownFeatureError):
+            # Perhaps `fstore codegen` added it while this server runs: look at the descriptor set once more.
+            if not self.store.refresh_registry():
+                raise
+            self.metrics.known_entities = frozenset(self.store.registry.entities())
+            spec = self.store.spec(entity, version)
         # Query strings carry every id as text, and JSON clients may send int64 ids as strings (2**53 and up).
         checked = check_ids(spec, ids, from_text=True)
         rows = await self.store.get_online_async(entity, checked, features, spec.version)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 
 from fstore.ingest.events import job_registry
-from fstore.schema.registry import FINGERPRINTS_FILE, Registry, RegistrySource
+from fstore.schema.registry import DescriptorSetWatcher, Registry, RegistrySource
 from fstore.settings import Settings
 from fstore.store.offline import OfflineStore, open_offline_store
 from fstore.store.online import OnlineStore, open_online_store
@@ -29,33 +28,20 @@ class Resources:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
-        # None: the first refused event reads the file (it may have changed between the launch and now).
-        self._descriptor_seen: tuple[int, int, int] | None = None
+        self._watcher = DescriptorSetWatcher(settings.descriptor_set)
         self._lock = threading.Lock()
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
         self._publisher: Any = None
 
     def reload_registry(self) -> bool:
-        """Take up the settings' descriptor set if it changed on disk since it was last looked at (a
-        `fstore codegen` while the job runs, adding a field); True when the registry changed. Asked only for
-        events the registry refused (a stat each); where the file does not exist (a Dataflow worker) the job
-        keeps its registry."""
-        path = self.settings.descriptor_set
-        seen = _file_signature(path)
-        if seen is None or seen == self._descriptor_seen:
-            return False
-        self._descriptor_seen = seen
-        try:
-            registry = Registry.from_descriptor_set(path)
-        except Exception as exc:  # a half-written file, or a broken schema: keep serving with the registry we have
-            log.warning("the descriptor set %s changed but could not be read (%s); keeping the one loaded", path, exc)
-            return False
-        assert registry.source is not None
-        if self.registry.source is not None and registry.source.digest == self.registry.source.digest:
+        """Take up the settings' descriptor set if it changed on disk (a `fstore codegen` while the job runs,
+        adding a field); True when the registry changed. Asked only for events the registry refused; where
+        the file does not exist (a Dataflow worker) the job keeps the registry it was launched with."""
+        registry = self._watcher.newer(self.registry)
+        if registry is None or registry.source is None:
             return False
         self.registry = job_registry(registry.source)
-        log.info("reloaded the registry from %s: entities %s", path, ", ".join(registry.entities()))
         return True
 
     @property
@@ -88,19 +74,6 @@ class Resources:
             if self._online is not None:
                 self._online.close()
             self._offline = self._online = None
-
-
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
-    """What tells a rewritten descriptor set (or fingerprints.json beside it) from the one last read."""
-    try:
-        main = path.stat()
-    except OSError:
-        return None
-    try:
-        prints = path.with_name(FINGERPRINTS_FILE).stat().st_mtime_ns
-    except OSError:
-        prints = 0
-    return main.st_mtime_ns, main.st_size, prints
 
 
 _made: dict[tuple[str, str], Resources] = {}

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.registry import DescriptorSetWatcher, EntitySpec, Registry
 from fstore.settings import Settings, load_settings
 from fstore.store.ids import check_ids
 from fstore.store.offline import OfflineStore, open_offline_store
@@ -30,6 +30,7 @@ class FeatureStore:
     ) -> None:
         self.settings = settings or load_settings()
         self._registry = registry
+        self._watcher = DescriptorSetWatcher(self.settings.descriptor_set)
         self._online = online
         self._offline = offline
 
@@ -43,6 +44,15 @@ class FeatureStore:
         if self._registry is None:
             self._registry = Registry.default()
         return self._registry
+
+    def refresh_registry(self) -> bool:
+        """Take up a descriptor set rewritten since this store read it (`fstore codegen` while a server runs);
+        True when the registry changed. One stat per call: callers ask when a name was not found."""
+        newer = self._watcher.newer(self.registry)
+        if newer is None:
+            return False
+        self._registry = newer
+        return True
 
     @property
     def online(self) -> OnlineStore:

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from google.protobuf.message import Message
 
 from fstore.errors import SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
 
+log = logging.getLogger("fstore.schema")
 ENTITY_PACKAGE = re.compile(r"^fstore\.entities\.(?P<name>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)$")
 OPTIONS_FILE = "fstore/options.proto"
 FINGERPRINTS_FILE = "fingerprints.json"
@@ -226,6 +228,45 @@ def _load(path: str) -> Registry:
             "fstore.yaml (FSTORE_DESCRIPTOR_SET) to the one it wrote"
         )
     return Registry.from_descriptor_set(Path(path))
+
+
+class DescriptorSetWatcher:
+    """Notices a rewritten descriptor set (`fstore codegen` while a process runs): `newer(current)` is the
+    registry of the file when it differs from `current`, else None. One stat per call; the file is read only
+    when it changed since the last call (the first call reads it: it may have changed since the start)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+
+    def newer(self, current: Registry) -> Registry | None:
+        seen = _file_signature(self.path)
+        if seen is None or seen == self._seen:
+            return None  # no file (a Dataflow worker), or unchanged
+        self._seen = seen
+        try:
+            registry = Registry.from_descriptor_set(self.path)
+        except Exception as exc:  # a half-written file, or a broken schema: keep the registry in use
+            log.warning("the descriptor set %s changed but cannot be read (%s); keeping the one loaded", self.path, exc)
+            return None
+        assert registry.source is not None
+        if current.source is not None and registry.source.digest == current.source.digest:
+            return None
+        log.info("reloaded the registry from %s: entities %s", self.path, ", ".join(registry.entities()))
+        return registry
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten descriptor set (or fingerprints.json beside it) from the one last read."""
+    try:
+        main = path.stat()
+    except OSError:
+        return None
+    try:
+        prints = path.with_name(FINGERPRINTS_FILE).stat().st_mtime_ns
+    except OSError:
+        prints = 0
+    return main.st_mtime_ns, main.st_size, prints
 
 
 def read_fingerprints(path: Path) -> dict[str, list[str]]:
