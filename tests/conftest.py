@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +90,40 @@ def pubsub_env(pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch)
 def anyio_backend() -> str:
     """Async tests run with `@pytest.mark.anyio` on asyncio (the API's loop)."""
     return "asyncio"
+
+
+class SchemaCopy:
+    """A feature repo holding a copy of this repository's schemas/ and its own descriptor set (`fstore codegen
+    --only registry`); `add_user_field()` adds an optional field to `user` v1 and regenerates, as a team would
+    while a job or a server runs."""
+
+    USER_PROTO = "schemas/fstore/entities/user/v1/user.proto"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        shutil.copytree(ROOT / "schemas", root / "schemas")
+        self.codegen()
+
+    @property
+    def descriptor_set(self) -> Path:
+        return self.root / "clients/registry/descriptor_set.binpb"
+
+    def registry(self) -> Registry:
+        return Registry.from_descriptor_set(self.descriptor_set)  # read afresh, not the cached one
+
+    def codegen(self) -> None:
+        cmd = [sys.executable, "-m", "fstore.cli", "codegen", "--root", str(self.root), "--only", "registry"]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=self.root)
+
+    def add_user_field(self, declaration: str = "optional double churn_score = 10") -> None:
+        proto = self.root / self.USER_PROTO
+        field = f'  {declaration} [(fstore.field) = {{description: "Added while running."}}];\n'
+        proto.write_text(
+            proto.read_text().replace("  repeated float embedding = 9", field + "  repeated float embedding = 9")
+        )
+        self.codegen()
+
+
+@pytest.fixture
+def schema_copy(tmp_path: Path) -> SchemaCopy:
+    return SchemaCopy(tmp_path / "feature-repo")

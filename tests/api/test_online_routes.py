@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +10,6 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from fstore.cli import app
-from fstore.schema.registry import Registry
 from fstore.settings import load_settings
 from fstore.store import FeatureStore
 from tests.api.conftest import user
@@ -206,24 +201,12 @@ def test_405_names_every_method_the_path_serves(client: TestClient) -> None:
     assert response.headers["allow"] == "GET, POST"
 
 
-def test_a_field_added_while_serving_is_served_without_a_restart(make_client: Any, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "schemas", repo / "schemas")
-    codegen = [sys.executable, "-m", "fstore.cli", "codegen", "--root", str(repo), "--only", "registry"]
-    subprocess.run(codegen, check=True, capture_output=True, cwd=repo)
-    descriptor_set = repo / "clients/registry/descriptor_set.binpb"
-    client = make_client(descriptor_set=str(descriptor_set))
+def test_a_field_added_while_serving_is_served_without_a_restart(make_client: Any, schema_copy: Any) -> None:
+    client = make_client(descriptor_set=str(schema_copy.descriptor_set))
     assert client.get("/v1/online/user?id=7&features=churn_score").status_code == 422
-
-    proto = repo / "schemas/fstore/entities/user/v1/user.proto"
-    proto.write_text(proto.read_text().replace(
-        "  repeated float embedding = 9",
-        '  optional double churn_score = 10 [(fstore.field) = {description: "Churn probability."}];\n'
-        "  repeated float embedding = 9",
-    ))  # fmt: skip
-    subprocess.run(codegen, check=True, capture_output=True, cwd=repo)
-    registry = Registry.from_descriptor_set(descriptor_set)
-    with FeatureStore(load_settings(descriptor_set=str(descriptor_set)), registry=registry) as fs:
+    schema_copy.add_user_field()
+    settings = load_settings(descriptor_set=str(schema_copy.descriptor_set))
+    with FeatureStore(settings, registry=schema_copy.registry()) as fs:
         fs.write_online("user", [user(fs, 7, churn_score=0.5)])
 
     response = client.get("/v1/online/user?id=7&features=churn_score")

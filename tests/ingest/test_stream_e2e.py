@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
-from fstore.schema.registry import EntitySpec, Registry
+from fstore.schema.registry import EntitySpec
 from fstore.settings import get_settings, load_settings
 from fstore.store import FeatureStore
 from fstore.testing import RedisServer
@@ -321,18 +320,13 @@ def test_large_messages_neither_jam_nor_stop_the_job(redis_url: str, names: dict
 
 
 def test_the_job_takes_up_a_field_added_while_it_runs(
-    redis_url: str, names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    redis_url: str, names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch, schema_copy: Any
 ) -> None:
     """`fstore codegen` after adding an optional field, while the job runs: events from a producer built from
     the new schema are stored (they used to be dead-lettered as unknown_fingerprint until a restart)."""
-    repo = tmp_path / "repo"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "schemas", repo / "schemas")
-    codegen = [sys.executable, "-m", "fstore.cli", "codegen", "--root", str(repo), "--only", "registry"]
-    subprocess.run(codegen, check=True, capture_output=True, cwd=repo)
-    descriptor_set = repo / "clients/registry/descriptor_set.binpb"
-    monkeypatch.setenv("FSTORE_DESCRIPTOR_SET", str(descriptor_set))
+    monkeypatch.setenv("FSTORE_DESCRIPTOR_SET", str(schema_copy.descriptor_set))
     get_settings.cache_clear()
-    before = Registry.from_descriptor_set(descriptor_set).get("user")
+    before = schema_copy.registry().get("user")
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(PROJECT, names["topic"])
     stream_job()
@@ -341,14 +335,8 @@ def test_the_job_takes_up_a_field_added_while_it_runs(
     now = datetime.now(UTC).replace(microsecond=0)
     publisher.publish(topic, user_event(before, 1, now, age=30), **routing(before)).result()
 
-    proto = repo / "schemas/fstore/entities/user/v1/user.proto"
-    proto.write_text(proto.read_text().replace(
-        "  repeated float embedding = 9",
-        '  optional double churn_score = 10 [(fstore.field) = {description: "Churn probability."}];\n'
-        "  repeated float embedding = 9",
-    ))  # fmt: skip
-    subprocess.run(codegen, check=True, capture_output=True, cwd=repo)
-    registry = Registry.from_descriptor_set(descriptor_set)
+    schema_copy.add_user_field()
+    registry = schema_copy.registry()
     after = registry.get("user")
     assert after.fingerprint != before.fingerprint
     publisher.publish(topic, user_event(after, 2, now, age=40, churn_score=0.5), **routing(after)).result()
