@@ -36,7 +36,14 @@ def codegen(
         )
     if chosen is None:
         chosen = {g.name for g in generators() if g.name not in CLIENT_LANGUAGES or g.name in settings.languages}
-    result = build(root, package, chosen, checking=check)
+    result = build(
+        root,
+        package,
+        chosen,
+        checking=check,
+        go_module=settings.go_module,
+        typescript_package=settings.typescript_package,
+    )
     for name, why in result.skipped.items():
         typer.secho(f"skipped {name}: {why}", fg=typer.colors.YELLOW, err=True)
     if check:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fstore.codegen.protoc import descriptor_set
 from fstore.schema.registry import Registry
+from fstore.settings import DEFAULT_GO_MODULE, DEFAULT_TYPESCRIPT_PACKAGE
 
 Outputs = dict[str, bytes]  # path relative to the repository root -> content
 TOOLS_DIR = ".fstore/tools"  # generator tools installed on first use (npm/pip packages), per checkout, gitignored
@@ -30,6 +31,8 @@ class Context:
     descriptor_set: bytes
     registry: Registry
     python_package: str  # the generated Python client's package (clients/python/<package>)
+    go_module: str = DEFAULT_GO_MODULE
+    typescript_package: str = DEFAULT_TYPESCRIPT_PACKAGE
     notes: list[str] = field(default_factory=list)
     # True under `fstore codegen --check` (CI): generators must not install tools or touch the network, and
     # skip (ToolMissing) rather than report stale files when their local tool differs from the committed output's.
@@ -65,7 +68,15 @@ def generators() -> list[Generator]:
     return [Generator(m.__name__.rsplit(".", 1)[1], m.OWNS, m.generate) for m in modules]
 
 
-def build(root: Path, python_package: str, only: set[str] | None = None, checking: bool = False) -> Result:
+def build(
+    root: Path,
+    python_package: str,
+    only: set[str] | None = None,
+    checking: bool = False,
+    *,
+    go_module: str = DEFAULT_GO_MODULE,
+    typescript_package: str = DEFAULT_TYPESCRIPT_PACKAGE,
+) -> Result:
     outputs: Outputs = {}
     owned: list[str] = []
     skipped: dict[str, str] = {}
@@ -73,7 +84,7 @@ def build(root: Path, python_package: str, only: set[str] | None = None, checkin
         scratch = Path(tmp)
         data = descriptor_set(root / "schemas", scratch / "descriptor_set.binpb")
         registry = Registry.from_descriptor_set(data)
-        ctx = Context(root, scratch, data, registry, python_package, checking=checking)
+        ctx = Context(root, scratch, data, registry, python_package, go_module, typescript_package, checking=checking)
         for gen in generators():
             if only is not None and gen.name not in only:
                 continue

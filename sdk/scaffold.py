@@ -47,6 +47,7 @@ def init_repo(directory: Path, entity: str = "customer", package: str | None = N
     values = {
         "name": directory.resolve().name,
         "package": package,
+        "npm_name": package.replace("_", "-").replace(".", "-"),
         "entity": entity,
         "message": message,
         "owner": "ml-platform",

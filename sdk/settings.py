@@ -89,11 +89,20 @@ ClientLanguage = Literal["python", "go", "java", "typescript"]
 CLIENT_LANGUAGES: tuple[ClientLanguage, ...] = ("python", "go", "java", "typescript")
 
 
+DEFAULT_GO_MODULE = "github.com/fstore-dev/fstore/clients/go"
+DEFAULT_TYPESCRIPT_PACKAGE = "@fstore/entities"
+
+
 class CodegenSettings(BaseModel):
     # The generated Python client's package, under clients/python; None: from the feature repo's folder name.
     python_package: str | None = None
     # Clients `fstore codegen` writes; the descriptor set, BigQuery schemas and docs are always written.
     languages: list[ClientLanguage] = list(CLIENT_LANGUAGES)
+    # The Go client's module path and the TypeScript client's npm name (`fstore init` writes the repo's own).
+    go_module: str = Field(DEFAULT_GO_MODULE, pattern=r"^[A-Za-z0-9.\-_~/]+$")
+    typescript_package: str = Field(
+        DEFAULT_TYPESCRIPT_PACKAGE, pattern=r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$"
+    )
 
     @field_validator("python_package")
     @classmethod

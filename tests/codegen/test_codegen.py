@@ -296,3 +296,17 @@ def test_check_skips_go_when_the_local_plugin_is_another_version(tmp_path: Path)
     proc = _codegen_check([tmp_path, Path("/usr/bin"), Path("/bin")])
     assert proc.returncode == 0, proc.stderr
     assert "skipped go: local protoc-gen-go v9.9.9 differs from" in proc.stderr
+
+
+def test_a_feature_repo_names_its_own_go_module_and_npm_package() -> None:
+    result = build(
+        ROOT, PACKAGE, only={"go", "typescript"}, checking=True,
+        go_module="example.com/acme/features/clients/go", typescript_package="@acme/features",
+    )  # fmt: skip
+    if len(result.skipped) == 2:
+        pytest.skip(f"neither generator's tool is here: {result.skipped}")
+    if "go" not in result.skipped:
+        go_mod = result.outputs["clients/go/go.mod"].decode()
+        assert "module example.com/acme/features/clients/go\n" in go_mod
+    if "typescript" not in result.skipped:
+        assert json.loads(result.outputs["clients/typescript/package.json"])["name"] == "@acme/features"
