@@ -43,17 +43,17 @@ class OnlineReader:
             raise TooManyIdsError(f"at most {self.max_ids} ids per request (api.max_ids); got {len(ids)}")
         try:
             spec = self.store.spec(entity, version)
-            spec.select(features)
+            fields = spec.select(features)
         except (UnknownEntityError, UnknownVersionError, UnknownFeatureError):
             # Perhaps `fstore codegen` added it while this server runs: look at the descriptor set once more.
             if not self.store.refresh_registry():
                 raise
             self.metrics.known_entities = frozenset(self.store.registry.entities())
             spec = self.store.spec(entity, version)
+            fields = spec.select(features)
         # Query strings carry every id as text, and JSON clients may send int64 ids as strings (2**53 and up).
         checked = check_ids(spec, ids, from_text=True)
         rows = await self.store.get_online_async(entity, checked, features, spec.version)
         found = sum(row is not None for row in rows)
         self.metrics.count_rows(spec.name, spec.version, found, len(rows) - found)
-        floats = float_field_names(spec.select(features))
-        return dumps_online_response(spec.name, spec.version, rows, floats)
+        return dumps_online_response(spec.name, spec.version, rows, float_field_names(fields))

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -71,9 +72,10 @@ def job_registry(source: RegistrySource | None = None) -> Registry:
         return _current_job_registry
 
 
-def launcher_registry_source() -> RegistrySource:
-    """The source of the settings' registry, for a step built on the launching machine to carry."""
-    source = Registry.default().source
+def launcher_registry_source(descriptor_set: Path | None = None) -> RegistrySource:
+    """The source of the registry at `descriptor_set` (default: the settings'), for a step built on the
+    launching machine to carry."""
+    source = (Registry.load(descriptor_set) if descriptor_set is not None else Registry.default()).source
     assert source is not None, "a registry read from a descriptor set knows its source"
     return source
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from fstore.ingest.events import job_registry
+from fstore.ingest.events import job_registry, launcher_registry_source
 from fstore.schema.registry import DescriptorSetWatcher, Registry, RegistrySource
 from fstore.settings import Settings
 from fstore.store.offline import OfflineStore, open_offline_store
@@ -106,9 +106,7 @@ class IngestDoFn(beam.DoFn):
 
     def __init__(self, settings: Settings) -> None:
         self.settings_json = settings.model_dump_json()
-        source = Registry.load(settings.descriptor_set).source
-        assert source is not None, "a registry read from a descriptor set knows its source"
-        self.registry_source = source
+        self.registry_source = launcher_registry_source(settings.descriptor_set)
 
     def setup(self) -> None:
         self.res = resources(self.settings_json, self.registry_source)

@@ -8,23 +8,30 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from google.protobuf.message import Message
 
 from fstore.errors import StoreUnavailableError
 from fstore.ingest.retry import until_stored
-from fstore.schema.registry import Registry
+from fstore.schema.registry import EntitySpec, Registry
 from fstore.settings import RedisSettings
 from fstore.store.online.redis import RedisOnlineStore, row_key
 from fstore.testing import RedisServer
 
 
-def test_redis_out_of_memory_stalls_the_write_until_memory_is_freed(registry: Registry) -> None:
-    spec = registry.get("user")
+def users_aged_30(spec: EntitySpec, count: int) -> list[Message]:
+    """User events 1..count, each age 30, as of now."""
     now = datetime.now(UTC)
     messages = []
-    for user_id in range(1, 101):
+    for user_id in range(1, count + 1):
         message = spec.message_class(user_id=user_id, age=30)
-        message.event_time.FromDatetime(now)
+        message.event_time.FromDatetime(now)  # type: ignore[attr-defined]
         messages.append(message)
+    return messages
+
+
+def test_redis_out_of_memory_stalls_the_write_until_memory_is_freed(registry: Registry) -> None:
+    spec = registry.get("user")
+    messages = users_aged_30(spec, 100)
     with RedisServer(maxmemory="3mb") as server:  # maxmemory-policy noeviction: Redis's default
         client = redis.Redis.from_url(server.url)
         with pytest.raises(redis.exceptions.OutOfMemoryError):
@@ -48,12 +55,7 @@ def test_redis_out_of_memory_stalls_the_write_until_memory_is_freed(registry: Re
 
 def test_a_key_redis_refuses_for_good_is_counted_and_the_rest_is_written(registry: Registry) -> None:
     spec = registry.get("user")
-    now = datetime.now(UTC)
-    messages = []
-    for user_id in range(1, 11):
-        message = spec.message_class(user_id=user_id, age=30)
-        message.event_time.FromDatetime(now)
-        messages.append(message)
+    messages = users_aged_30(spec, 10)
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         client.rpush(row_key(spec, 5), "not a row")  # someone else's list under fstore's key

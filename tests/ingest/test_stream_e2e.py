@@ -199,6 +199,17 @@ def test_redis_outage_loses_nothing(names: dict[str, str], stream_job: Any, monk
         fs.close()
 
 
+def start_streaming(names: dict[str, str], stream_job: Any) -> tuple[Any, str, subprocess.Popen[bytes]]:
+    """A publisher, the test's topic, and a running job whose subscription exists (the job creates it at
+    start; events published before that would be lost on the emulator)."""
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, names["topic"])
+    job = stream_job()
+    subscriber = pubsub_v1.SubscriberClient()
+    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    return publisher, topic, job
+
+
 def _exists(subscriber: Any, subscription: str) -> bool:
     try:
         subscriber.get_subscription(subscription=subscription)
@@ -217,11 +228,7 @@ def test_poison_events_are_dead_letters_and_the_job_keeps_running(
     get_settings.cache_clear()
     fs = FeatureStore.from_config()
     spec = fs.spec("user")
-    publisher = pubsub_v1.PublisherClient()
-    topic = publisher.topic_path(PROJECT, names["topic"])
-    job = stream_job()
-    subscriber = pubsub_v1.SubscriberClient()
-    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    publisher, topic, job = start_streaming(names, stream_job)
     now = datetime.now(UTC).replace(microsecond=0)
     milliseconds = spec.message_class(user_id=900)
     milliseconds.event_time.seconds = int(now.timestamp() * 1000)
@@ -257,11 +264,7 @@ def test_kill_9_loop_loses_nothing(
     get_settings.cache_clear()
     fs = FeatureStore.from_config()
     spec = fs.spec("user")
-    publisher = pubsub_v1.PublisherClient()
-    topic = publisher.topic_path(PROJECT, names["topic"])
-    subscriber = pubsub_v1.SubscriberClient()
-    job = stream_job()
-    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    publisher, topic, job = start_streaming(names, stream_job)
     users, per_user = 2_000, 10
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     rng = random.Random(12)
@@ -300,11 +303,7 @@ def test_large_messages_neither_jam_nor_stop_the_job(redis_url: str, names: dict
     and the job keeps running (gRPC's 4 MB receive limit used to fail every pull behind such a message)."""
     fs = FeatureStore.from_config()
     spec = fs.spec("user")
-    publisher = pubsub_v1.PublisherClient()
-    topic = publisher.topic_path(PROJECT, names["topic"])
-    job = stream_job()
-    subscriber = pubsub_v1.SubscriberClient()
-    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    publisher, topic, job = start_streaming(names, stream_job)
     now = datetime.now(UTC).replace(microsecond=0)
     payloads = [user_event(spec, 100 + i, now, country="x" * 500_000) for i in range(12)]
     payloads.append(user_event(spec, 999, now, country="y" * 5_200_000))
@@ -327,11 +326,7 @@ def test_the_job_takes_up_a_field_added_while_it_runs(
     monkeypatch.setenv("FSTORE_DESCRIPTOR_SET", str(schema_copy.descriptor_set))
     get_settings.cache_clear()
     before = schema_copy.registry().get("user")
-    publisher = pubsub_v1.PublisherClient()
-    topic = publisher.topic_path(PROJECT, names["topic"])
-    stream_job()
-    subscriber = pubsub_v1.SubscriberClient()
-    wait_for(lambda: _exists(subscriber, subscriber.subscription_path(PROJECT, names["subscription"])), 60, "sub")
+    publisher, topic, _ = start_streaming(names, stream_job)
     now = datetime.now(UTC).replace(microsecond=0)
     publisher.publish(topic, user_event(before, 1, now, age=30), **routing(before)).result()
 
