@@ -5,7 +5,8 @@
 insertId = message id (BigQuery's best-effort dedup); since that dedup is only best-effort, every read also
 deduplicates by message id, exactly as the embedded store does. Exports upload the spine with a load job,
 run the join of `sql.bigquery_export_sql` into a temporary destination table, and read it back with the
-Storage Read API (one ordered stream), writing parquet row group by row group.
+Storage Read API (one ordered stream), writing parquet row group by row group. A table gains the columns of
+fields added to its entity version before the first insert that carries them (`bigquery_schema`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fstore.schema.registry import EntitySpec, Registry
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema, arrow_type, bigquery_schema_fields
 from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline.base import LedgerEntry, OfflineStore
+from fstore.store.offline.bigquery_schema import add_missing_columns, plan_columns
 from fstore.store.offline.duckdb import conform
 from fstore.store.offline.export import ExportPlan, check_output, finish_export, plan_export
 from fstore.store.offline.manifest import ExportOptions, Manifest
@@ -62,7 +64,9 @@ class BigQueryOfflineStore(OfflineStore):
         self.registry = registry
         self.location = location
         self._client = client
-        self._tables_ready: set[str] = set()
+        # Per table, its columns as last seen in BigQuery (schema JSON): a write whose columns they already
+        # hold makes no request; a new shape (a field added to the entity) reads and updates the table once.
+        self._columns: dict[str, list[dict[str, Any]]] = {}
 
     @classmethod
     def from_url(cls, url: str, registry: Registry, *, project: str | None = None) -> BigQueryOfflineStore:
@@ -87,12 +91,23 @@ class BigQueryOfflineStore(OfflineStore):
     # --- tables and writes -------------------------------------------------------------------------------
 
     def ensure_table(self, spec: EntitySpec) -> None:
-        """Create the entity version's table if missing (partitioned by event date, clustered by key)."""
+        """Create the entity version's table if missing (partitioned by event date, clustered by key), or add
+        the columns of fields added to the entity since; SchemaError when a column would have to change."""
         self._ensure(spec.table_name, bigquery_schema_fields(spec), spec.event_time.name, [spec.key.name])
 
     def _ensure(self, table: str, schema: list[dict[str, Any]], partition_by: str, cluster_by: list[str]) -> None:
-        if table in self._tables_ready:
+        known = self._columns.get(table)
+        if known is not None and plan_columns(self.table_id(table), known, schema).clean:
             return
+        if known is None:
+            current = self._create(table, schema, partition_by, cluster_by)
+        else:
+            current = self.client.get_table(self.table_id(table))
+        current = add_missing_columns(self.client, current, schema)
+        self._columns[table] = [c.to_api_repr() for c in current.schema]
+
+    def _create(self, table: str, schema: list[dict[str, Any]], partition_by: str, cluster_by: list[str]) -> Any:
+        """The table as BigQuery has it: the one created, or (exists_ok: the client reads it) the existing one."""
         from google.cloud import bigquery
 
         definition = bigquery.Table(
@@ -102,8 +117,7 @@ class BigQueryOfflineStore(OfflineStore):
             type_=bigquery.TimePartitioningType.DAY, field=partition_by
         )
         definition.clustering_fields = cluster_by
-        self.client.create_table(definition, exists_ok=True)
-        self._tables_ready.add(table)
+        return self.client.create_table(definition, exists_ok=True)
 
     def write(self, spec: EntitySpec, rows: pa.Table) -> int:
         table = conform(rows, arrow_schema(spec), f"rows for {spec.ref}")
@@ -124,6 +138,8 @@ class BigQueryOfflineStore(OfflineStore):
                 self.table_id(table), records[start : start + INSERT_BATCH], row_ids=ids[start : start + INSERT_BATCH]
             )
             if errors:
+                # The table may have changed under us (a column dropped by hand): the retried write reads it again.
+                self._columns.pop(table, None)
                 raise StoreUnavailableError(f"BigQuery refused rows for {self.table_id(table)}: {errors[:3]}")
         return len(records)
 
