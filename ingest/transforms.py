@@ -30,7 +30,7 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection
 
 from fstore.ingest.events import Event, decode_event
-from fstore.ingest.local_read import IN_FLIGHT
+from fstore.ingest.local_read import IN_FLIGHT, PulledMessages
 from fstore.ingest.pubsub import deadletter_topic_path
 from fstore.ingest.resources import IngestDoFn, Resources
 from fstore.ingest.retry import until_stored
@@ -185,18 +185,19 @@ class _IngestEventsFn(IngestDoFn):
         self.dead_letters = DeadLetterWriter(self.res, publish=self.publish_dead_letters, flush_every=self.flush_every)
         self.to_ack: list[Any] = []
 
-    def process(self, message: Any) -> Iterator[Any]:
-        self.read.inc()
-        self.to_ack.append(message)
-        result = self._decode(message)
-        if isinstance(result, DeadLetter) and result.reason in SCHEMA_CHANGE_REASONS and self.res.reload_registry():
-            result = self._decode(message)  # the schemas changed while the job ran: this event may be valid now
-        if isinstance(result, DeadLetter):
-            self.dead_letters.add(result)
-            yield result
-        else:
-            self.valid.inc()
-            self.writer.add(result)
+    def process(self, element: Any) -> Iterator[Any]:
+        for message in element if isinstance(element, PulledMessages) else (element,):
+            self.read.inc()
+            self.to_ack.append(message)
+            result = self._decode(message)
+            if isinstance(result, DeadLetter) and result.reason in SCHEMA_CHANGE_REASONS and self.res.reload_registry():
+                result = self._decode(message)  # the schemas changed while the job ran: this event may be valid now
+            if isinstance(result, DeadLetter):
+                self.dead_letters.add(result)
+                yield result
+            else:
+                self.valid.inc()
+                self.writer.add(result)
 
     def _decode(self, message: Any) -> Event | DeadLetter:
         return decode_event(
