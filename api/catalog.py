@@ -54,14 +54,15 @@ class Catalog:
         for name in self.registry.entities():
             if not principal.may_read(name):
                 continue
-            latest = self.registry.get(name)
+            default = self.registry.get(name)
             summaries.append(
                 EntitySummary(
                     name=name,
-                    latest_version=latest.version,
+                    default_version=default.version,
+                    latest_version=max(self.registry.versions(name)),
                     versions=self.registry.versions(name),
-                    owner=latest.owner,
-                    description=latest.description,
+                    owner=default.owner,
+                    description=default.description,
                 )
             )
         return EntityList(entities=summaries)
@@ -71,6 +72,7 @@ class Catalog:
         versions = self.registry.versions(name)
         return EntityDetail(
             name=name,
+            default_version=self.registry.default_version(name),
             latest_version=max(versions),
             versions=[version_info(self.registry.get(name, v)) for v in versions],
         )

@@ -15,7 +15,7 @@ IDS_DESCRIPTION = (
     "(JavaScript clients should send ids above 2**53 as strings); string keys take strings."
 )
 FEATURES_DESCRIPTION = "Feature names to return; every feature of the version when omitted."
-VERSION_DESCRIPTION = "Entity version; the newest when omitted."
+VERSION_DESCRIPTION = "Entity version; when omitted, the entity's default version (fstore.yaml default_versions)."
 
 
 # An empty id names no entity: refused rather than answered with a null row.
@@ -70,6 +70,7 @@ class EntityVersionInfo(BaseModel):
 
 class EntitySummary(BaseModel):
     name: str
+    default_version: int = Field(description="The version an unpinned read gets.")
     latest_version: int
     versions: list[int]
     owner: str
@@ -82,6 +83,7 @@ class EntityList(BaseModel):
 
 class EntityDetail(BaseModel):
     name: str
+    default_version: int = Field(description="The version an unpinned read gets.")
     latest_version: int
     versions: list[EntityVersionInfo]
 

@@ -28,7 +28,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from fstore.codegen.protoc import ProtocError, descriptor_set, plugin
 from fstore.errors import FstoreError, SchemaError
 from fstore.schema import proto_include
-from fstore.schema.registry import OPTIONS_FILE, OptionsReader, schema_violations
+from fstore.schema.registry import OPTIONS_FILE, OptionsReader, Registry, schema_violations
 
 schema_app = typer.Typer(help="Check entity schemas (lint, breaking changes, fstore rules).", no_args_is_help=True)
 
@@ -119,9 +119,9 @@ def _checkout(repo: Path, ref: str, subdir: str, into: Path) -> Path:
     return into / subdir
 
 
-def fstore_rules(schemas: Path) -> list[str]:
+def fstore_rules(schemas: Path, default_versions: dict[str, int] | None = None) -> list[str]:
     """fstore's rules over every entity message: those in fstore.entities.* packages, and any other message
-    carrying the (fstore.entity) option."""
+    carrying the (fstore.entity) option; and a declared default version for every entity with several."""
     with tempfile.TemporaryDirectory(prefix="fstore-schema-check-") as tmp:
         try:
             data = descriptor_set(schemas, Path(tmp) / "descriptor_set.binpb")
@@ -143,14 +143,37 @@ def fstore_rules(schemas: Path) -> list[str]:
             desc = pool.FindMessageTypeByName(f"{file_proto.package}.{message.name}")
             if file_proto.package.startswith(ENTITY_PACKAGE_PREFIX) or options.entity(desc) is not None:
                 problems += [f"schemas/{p}" for p in schema_violations(desc, options)]
+    return problems or default_version_problems(data, default_versions or {})
+
+
+def default_version_problems(data: bytes, default_versions: dict[str, int]) -> list[str]:
+    registry = Registry.from_descriptor_set(data, default_versions=default_versions)
+    problems = []
+    for entity in registry.undeclared_defaults():
+        versions = registry.versions(entity)
+        problems.append(
+            f"entity {entity} has versions {', '.join(map(str, versions))} and no default version: unpinned "
+            f"readers get v{registry.default_version(entity)} until fstore.yaml says otherwise. Write the choice "
+            f"down: `default_versions: {{{entity}: {versions[0]}}}` (or {versions[-1]}) in fstore.yaml"
+        )
+    for entity in default_versions:
+        try:
+            registry.default_version(entity)
+        except FstoreError as exc:  # a version or entity the schemas lack
+            problems.append(str(exc))
     return problems
 
 
-def check_schemas(schemas: Path, against: str) -> Report:
+def check_schemas(schemas: Path, against: str, default_versions: dict[str, int] | None = None) -> Report:
+    """`default_versions`: fstore.yaml's (the settings' when None)."""
+    if default_versions is None:
+        from fstore.settings import get_settings
+
+        default_versions = get_settings().default_versions
     report = Report()
     report.problems += lint(schemas)
     breaking(schemas, against, report)
-    report.problems += fstore_rules(schemas)
+    report.problems += fstore_rules(schemas, default_versions)
     return report
 
 

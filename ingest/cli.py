@@ -36,7 +36,7 @@ def backfill(
     ctx: typer.Context,
     entity: str = typer.Option(..., help="Entity name, e.g. user."),
     input: list[Path] = typer.Option(..., "--input", help="JSONL (protobuf JSON mapping) or parquet file(s)."),
-    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+    version: int | None = typer.Option(None, help="Entity version; default: the entity's default version."),
     compact: bool = typer.Option(True, help="Compact the embedded offline store's segments afterwards."),
 ) -> None:
     """Load files of events through the same decode/validate/write transforms, as a batch Beam job."""
@@ -78,7 +78,7 @@ def backfill(
 def publish(
     entity: str = typer.Option(..., help="Entity name, e.g. user."),
     file: Path = typer.Option(..., help="JSONL: one event per line, protobuf's JSON mapping of the message."),
-    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+    version: int | None = typer.Option(None, help="Entity version; default: the entity's default version."),
 ) -> None:
     """Publish events from a JSONL file with the generated client (routing attributes set).
 
@@ -128,7 +128,7 @@ def dead_letters(
 
 def materialize(
     entity: str = typer.Option(..., help="Entity name, e.g. user."),
-    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+    version: int | None = typer.Option(None, help="Entity version; default: the entity's default version."),
 ) -> None:
     """Rebuild the online store from the offline history (the latest row per key); the history is unchanged."""
     from fstore.ingest.materialize import materialize as rebuild

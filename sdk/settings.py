@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     codegen: CodegenSettings = Field(default_factory=CodegenSettings)
+    # entity -> the version unpinned reads get (SDK, CLI, HTTP, export, backfill, publish). Without an entry:
+    # the entity's oldest version. `fstore schema check` wants an entry for every entity with several versions.
+    default_versions: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("project")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -101,6 +102,7 @@ class SchemaCopy:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.default_versions: dict[str, int] = {}
         shutil.copytree(ROOT / "schemas", root / "schemas")
         self.codegen()
 
@@ -109,11 +111,17 @@ class SchemaCopy:
         return self.root / "clients/registry/descriptor_set.binpb"
 
     def registry(self) -> Registry:
-        return Registry.from_descriptor_set(self.descriptor_set)  # read afresh, not the cached one
+        # read afresh, not the cached one
+        return Registry.from_descriptor_set(self.descriptor_set, default_versions=self.default_versions)
 
-    def codegen(self) -> None:
+    def codegen(self) -> subprocess.CompletedProcess[str]:
+        """`fstore codegen --only registry` with this copy's default versions; raises if it fails."""
         cmd = [sys.executable, "-m", "fstore.cli", "codegen", "--root", str(self.root), "--only", "registry"]
-        subprocess.run(cmd, check=True, capture_output=True, cwd=self.root)
+        env = os.environ | {"FSTORE_DEFAULT_VERSIONS": json.dumps(self.default_versions)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.root, env=env)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
+        return proc
 
     def add_user_field(self, declaration: str = "optional double churn_score = 10") -> None:
         proto = self.root / self.USER_PROTO
@@ -121,6 +129,19 @@ class SchemaCopy:
         proto.write_text(
             proto.read_text().replace("  repeated float embedding = 9", field + "  repeated float embedding = 9")
         )
+        self.codegen()
+
+    def add_user_v2(self, default_version: int | None = 1) -> None:
+        """`user` v2 beside v1 (the same fields), with fstore.yaml's default version for `user` set to
+        `default_version` (None: none declared, which the schema check refuses)."""
+        v1 = self.root / self.USER_PROTO
+        v2 = v1.parent.parent / "v2" / "user.proto"
+        v2.parent.mkdir()
+        v2.write_text(v1.read_text().replace(".v1", ".v2").replace("/v1;userv1", "/v2;userv2"))
+        if default_version is None:
+            self.default_versions.pop("user", None)
+        else:
+            self.default_versions["user"] = default_version
         self.codegen()
 
 

@@ -133,17 +133,30 @@ class RegistrySource:
 
     descriptor_set: bytes
     fingerprints: dict[str, list[str]] = field(default_factory=dict, compare=False)
+    # fstore.yaml's `default_versions`: which version an unpinned read of an entity gets (see Registry.get).
+    default_versions: dict[str, int] = field(default_factory=dict, compare=False)
 
     @functools.cached_property
     def digest(self) -> str:
-        return hashlib.sha256(self.descriptor_set + json.dumps(self.fingerprints, sort_keys=True).encode()).hexdigest()
+        extra = json.dumps([self.fingerprints, self.default_versions], sort_keys=True).encode()
+        return hashlib.sha256(self.descriptor_set + extra).hexdigest()
 
 
 class Registry:
-    """All entity versions of one descriptor set, looked up by name and version."""
+    """All entity versions of one descriptor set, looked up by name and version.
 
-    def __init__(self, specs: Iterable[EntitySpec], source: RegistrySource | None = None) -> None:
+    An unpinned lookup (`get(entity)`: the SDK, CLI, HTTP API, export and backfill when no version is named)
+    gets the entity's default version: the one fstore.yaml's `default_versions` names, else its oldest. So
+    adding v2 changes nothing for unpinned readers until someone names v2 there; `fstore schema check` asks
+    for that choice as soon as an entity has two versions."""
+
+    def __init__(
+        self, specs: Iterable[EntitySpec], source: RegistrySource | None = None,
+        default_versions: dict[str, int] | None = None,
+    ) -> None:  # fmt: skip
         self.source = source
+        self.default_versions = dict(default_versions if default_versions is not None else
+                                     (source.default_versions if source else {}))  # fmt: skip
         self._specs: dict[str, dict[int, EntitySpec]] = {}
         self._by_fingerprint: dict[str, EntitySpec] = {}
         for spec in specs:
@@ -154,9 +167,13 @@ class Registry:
             self._by_fingerprint[spec.fingerprint] = spec
 
     @classmethod
-    def from_descriptor_set(cls, data: bytes | Path, fingerprints: dict[str, list[str]] | None = None) -> Registry:
+    def from_descriptor_set(
+        cls, data: bytes | Path, fingerprints: dict[str, list[str]] | None = None,
+        default_versions: dict[str, int] | None = None,
+    ) -> Registry:  # fmt: skip
         """`fingerprints`: entity ref (`user/v1`) -> every fingerprint that version has had (fingerprints.json);
-        when None and `data` is a path, the fingerprints.json beside it is read if present."""
+        when None and `data` is a path, the fingerprints.json beside it is read if present.
+        `default_versions`: entity -> the version unpinned reads get (fstore.yaml)."""
         if fingerprints is None and isinstance(data, Path):
             fingerprints = read_fingerprints(data.with_name(FINGERPRINTS_FILE))
         raw = data.read_bytes() if isinstance(data, Path) else data
@@ -174,23 +191,25 @@ class Registry:
                 spec = entity_spec(desc, options)
                 earlier = frozenset((fingerprints or {}).get(spec.ref, ())) - {spec.fingerprint}
                 specs.append(dataclasses.replace(spec, earlier_fingerprints=earlier))
-        return cls(specs, RegistrySource(raw, dict(fingerprints or {})))
+        return cls(specs, RegistrySource(raw, dict(fingerprints or {}), dict(default_versions or {})))
 
     @classmethod
     def from_source(cls, source: RegistrySource) -> Registry:
-        return cls.from_descriptor_set(source.descriptor_set, source.fingerprints)
+        return cls.from_descriptor_set(source.descriptor_set, source.fingerprints, source.default_versions)
 
     @classmethod
     def default(cls) -> Registry:
-        """The registry of the descriptor set the settings name (`descriptor_set` in fstore.yaml)."""
+        """The registry of the descriptor set the settings name (`descriptor_set` in fstore.yaml), with the
+        settings' `default_versions`."""
         from fstore.settings import get_settings
 
-        return cls.load(get_settings().descriptor_set)
+        settings = get_settings()
+        return cls.load(settings.descriptor_set, settings.default_versions)
 
     @classmethod
-    def load(cls, path: Path) -> Registry:
+    def load(cls, path: Path, default_versions: dict[str, int] | None = None) -> Registry:
         """The registry of the descriptor set at `path` (and the fingerprints.json beside it), read once."""
-        return _load(str(path))
+        return _load(str(path), tuple(sorted((default_versions or {}).items())))
 
     def entities(self) -> list[str]:
         return sorted(self._specs)
@@ -201,11 +220,29 @@ class Registry:
     def get(self, entity: str, version: int | None = None) -> EntitySpec:
         versions = self._versions(entity)
         if version is None:
-            return versions[max(versions)]
+            version = self.default_version(entity)
         try:
             return versions[version]
         except (KeyError, TypeError):
             raise UnknownVersionError(entity, version, sorted(versions)) from None
+
+    def default_version(self, entity: str) -> int:
+        """The version an unpinned read of `entity` gets: fstore.yaml's `default_versions`, else the oldest."""
+        versions = self._versions(entity)
+        declared = self.default_versions.get(entity)
+        if declared is None:
+            return min(versions)
+        if declared not in versions:
+            raise SchemaError(
+                f"fstore.yaml: default_versions names {entity} v{declared}, which the schemas do not declare "
+                f"(versions: {', '.join(map(str, sorted(versions)))}); name one of them"
+            )
+        return declared
+
+    def undeclared_defaults(self) -> list[str]:
+        """Entities with several versions and no `default_versions` entry: `fstore schema check` refuses them,
+        so that which version unpinned readers get is always a choice someone wrote down."""
+        return [e for e in self.entities() if len(self._specs[e]) > 1 and e not in self.default_versions]
 
     def by_fingerprint(self, fingerprint: str) -> EntitySpec | None:
         return self._by_fingerprint.get(fingerprint)
@@ -221,13 +258,13 @@ class Registry:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: str) -> Registry:
+def _load(path: str, default_versions: tuple[tuple[str, int], ...] = ()) -> Registry:
     if not Path(path).is_file():
         raise SchemaError(
             f"no descriptor set at {path}: run `fstore codegen` in your feature repo, or set `descriptor_set` in "
             "fstore.yaml (FSTORE_DESCRIPTOR_SET) to the one it wrote"
         )
-    return Registry.from_descriptor_set(Path(path))
+    return Registry.from_descriptor_set(Path(path), default_versions=dict(default_versions))
 
 
 class DescriptorSetWatcher:
@@ -245,7 +282,7 @@ class DescriptorSetWatcher:
             return None  # no file (a Dataflow worker), or unchanged
         self._seen = seen
         try:
-            registry = Registry.from_descriptor_set(self.path)
+            registry = Registry.from_descriptor_set(self.path, default_versions=current.default_versions)
         except Exception as exc:  # a half-written file, or a broken schema: keep the registry in use
             log.warning("the descriptor set %s changed but cannot be read (%s); keeping the one loaded", self.path, exc)
             return None

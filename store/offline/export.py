@@ -25,7 +25,7 @@ import fstore
 from fstore.errors import FstoreError
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 from fstore.store.events import utc_from_micros
-from fstore.store.offline.manifest import ExportOptions, Manifest, ManifestOutput
+from fstore.store.offline.manifest import ExportOptions, Manifest, ManifestEntity, ManifestOutput
 from fstore.store.offline.spine import REMOTE, ROW_COLUMN, Spine, load_spine
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
@@ -184,6 +184,7 @@ def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> Manife
                 "ttl_seconds": j.spec.ttl_seconds,
                 "key": j.spec.key.name,
                 "features": [f.name for f in j.features],
+                "columns": {f.name: f.type_name for f in (j.spec.key, j.spec.event_time, *j.features)},
                 "high_water_mark_micros": j.high_water_mark,
                 "high_water_mark": None
                 if j.high_water_mark is None
@@ -275,10 +276,33 @@ def _check_same_inputs(
             f"the spine differs from the one in the manifest (sha256 {spine.sha256[:12]}… ≠ "
             f"{manifest['spine']['sha256'][:12]}…); reproduce needs the same spine"
         )
-    recorded = {e["entity"]: e["fingerprint"] for e in manifest["entities"]}
-    for spec, _ in resolved:
-        if recorded.get(spec.name) != spec.fingerprint:
-            raise ExportError(
-                f"entity {spec.ref} now has schema fingerprint {spec.fingerprint}, the manifest recorded "
-                f"{recorded.get(spec.name)}: the schema changed, so the export cannot be reproduced exactly"
-            )
+    recorded = {e["entity"]: e for e in manifest["entities"]}
+    for spec, fields in resolved:
+        _check_same_schema(spec, fields, recorded[spec.name])
+
+
+def _check_same_schema(spec: EntitySpec, fields: tuple[FieldSpec, ...], recorded: ManifestEntity) -> None:
+    """The export can be rebuilt exactly if the entity version has the fingerprint the manifest recorded, or a
+    compatible descendant of it: fingerprints.json lists the recorded one among this version's earlier
+    fingerprints (codegen records one only when the schema check passed, so fields were only added), and
+    every column the export read still has the type it had then."""
+    fingerprint = recorded.get("fingerprint")
+    if fingerprint == spec.fingerprint:
+        return
+    if fingerprint not in spec.earlier_fingerprints:
+        raise ExportError(
+            f"entity {spec.ref} now has schema fingerprint {spec.fingerprint}, the manifest recorded "
+            f"{fingerprint}, which is not an earlier compatible shape of {spec.ref} (fingerprints.json): the "
+            "schema changed incompatibly, so the export cannot be reproduced exactly"
+        )
+    now = {f.name: f.type_name for f in (spec.key, spec.event_time, *fields)}
+    changed = [
+        f"{name} was {was}, is {now.get(name, 'gone')}"
+        for name, was in recorded.get("columns", {}).items()
+        if now.get(name) != was
+    ]
+    if changed:
+        raise ExportError(
+            f"entity {spec.ref}: columns the manifest read changed ({'; '.join(changed)}), so the export cannot "
+            "be reproduced exactly"
+        )

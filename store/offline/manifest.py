@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class ManifestEntity(TypedDict):
@@ -21,6 +21,9 @@ class ManifestEntity(TypedDict):
     ttl_seconds: int
     key: str
     features: list[str]
+    # name -> type (`double`, `repeated float`, `timestamp`…) of the key, the event time and every feature read:
+    # what `--reproduce` checks when the schema gained fields since (absent in manifests before 2026-12-02)
+    columns: NotRequired[dict[str, str]]
     high_water_mark_micros: int | None  # max ingest time read; None: the table was empty
     high_water_mark: str | None
 
@@ -61,7 +64,7 @@ class ExportOptions:
     """How to export; every field has a default.
 
     timestamp_column: the spine's timestamp column (default `event_timestamp`).
-    versions: entity -> version to read (default: the latest version of each entity).
+    versions: entity -> version to read (default: each entity's default version, Registry.get).
     column_format: output column names, from {entity}, {feature}, {version} (default `{entity}__{feature}`).
     reproduce: a manifest (or its path): re-run it, with its features, versions and high-water marks.
     memory_limit / threads: DuckDB's limits for this export (default: the store's); beyond the memory limit

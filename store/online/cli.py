@@ -18,7 +18,7 @@ def get(
     entity: str = typer.Argument(..., help="Entity name, e.g. user."),
     ids: list[str] = typer.Argument(..., help="Entity ids (decimal for int64 keys)."),
     features: str | None = typer.Option(None, help="Comma-separated feature names; default: all."),
-    version: int | None = typer.Option(None, help="Entity version; default: the newest."),
+    version: int | None = typer.Option(None, help="Entity version; default: the entity's default version."),
     json_output: bool = typer.Option(False, "--json", help='Print {"entity", "version", "rows"}, as the API does.'),
 ) -> None:
     """Print the rows of ENTITY for IDS (a row is missing when unknown or expired)."""

@@ -22,6 +22,7 @@ def test_entity_list_names_versions_owner_description(client: TestClient, regist
     user = registry.get("user")
     assert by_name["user"] == {
         "name": "user",
+        "default_version": user.version,
         "latest_version": user.version,
         "versions": registry.versions("user"),
         "owner": user.owner,

@@ -6,6 +6,7 @@ import json
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -235,3 +236,38 @@ def test_bad_outputs_are_refused_and_the_spine_is_untouched(
 def test_a_remote_spine_is_refused_naming_it(offline: DuckDBOfflineStore, tmp_path: Path) -> None:
     with pytest.raises(SpineError, match=re.escape("--spine 'gs://bucket/spine.parquet': remote paths")):
         offline.export_training_set("gs://bucket/spine.parquet", ["user:age"], tmp_path / "t.parquet")
+
+
+def test_reproduce_is_byte_identical_after_a_field_was_added(
+    schema_copy: Any, spine_file: Path, tmp_path: Path
+) -> None:
+    before = schema_copy.registry()
+    user_v1 = before.get("user", 1)
+    store = DuckDBOfflineStore(tmp_path / "offline", before, threads=2)
+    store.write(user_v1, random_history(user_v1, 20_000, 3_000, seed=1, first_ingest=1_000_000))
+    first = tmp_path / "a.parquet"
+    manifest = store.export_training_set(str(spine_file), ["user:*"], first)
+    store.close()
+    assert manifest["entities"][0]["columns"]["embedding"] == "repeated float"
+
+    schema_copy.add_user_field()  # an optional double, added the compatible way; then more events carry it
+    after = schema_copy.registry()
+    grown = after.get("user", 1)
+    assert user_v1.fingerprint in grown.earlier_fingerprints
+    store = DuckDBOfflineStore(tmp_path / "offline", after, threads=2)
+    newer = random_history(user_v1, 5_000, 3_000, seed=2, first_ingest=10**12)
+    store.write(grown, newer.append_column("churn_score", pa.array(np.random.default_rng(3).random(5_000))))
+    again = tmp_path / "b.parquet"
+    store.export_training_set(None, None, again, ExportOptions(reproduce=manifest_path(first)))
+    assert again.read_bytes() == first.read_bytes()
+
+    # Anything else is refused, naming what changed: a column the export read that changed type…
+    changed = json.loads(manifest_path(first).read_text())
+    changed["entities"][0]["columns"]["age"] = "int64"
+    with pytest.raises(ExportError, match="columns the manifest read changed \\(age was int64, is int32\\)"):
+        store.export_training_set(None, None, tmp_path / "c.parquet", ExportOptions(reproduce=changed))
+    # …or a fingerprint this version never had.
+    changed["entities"][0]["fingerprint"] = "0" * 64
+    with pytest.raises(ExportError, match="not an earlier compatible shape of user/v1"):
+        store.export_training_set(None, None, tmp_path / "c.parquet", ExportOptions(reproduce=changed))
+    store.close()
