@@ -6,6 +6,7 @@ cannot be stopped cleanly in-process (its cancel waits for a blocked 30 s pull),
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -318,26 +319,44 @@ def test_large_messages_neither_jam_nor_stop_the_job(redis_url: str, names: dict
     fs.close()
 
 
-def test_the_job_takes_up_a_field_added_while_it_runs(
+def test_schema_changes_while_the_job_and_the_server_run(
     redis_url: str, names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch, schema_copy: Any
 ) -> None:
-    """`fstore codegen` after adding an optional field, while the job runs: events from a producer built from
-    the new schema are stored (they used to be dead-lettered as unknown_fingerprint until a restart)."""
+    """With `fstore ingest stream` and `fstore serve` running: an optional field added to `user` v1 and
+    regenerated; an event carrying it is stored and read back over HTTP with the field, with no restart and
+    no dead letter. Then `user` v2 is added beside v1: every unpinned read over HTTP answers as before."""
+    from tests.api.test_serve import get, serving
+
     monkeypatch.setenv("FSTORE_DESCRIPTOR_SET", str(schema_copy.descriptor_set))
+    monkeypatch.setenv("FSTORE_DEFAULT_VERSIONS", json.dumps({"user": 1}))
+    schema_copy.default_versions["user"] = 1
     get_settings.cache_clear()
     before = schema_copy.registry().get("user")
-    publisher, topic, _ = start_streaming(names, stream_job)
-    now = datetime.now(UTC).replace(microsecond=0)
-    publisher.publish(topic, user_event(before, 1, now, age=30), **routing(before)).result()
+    publisher, topic, job = start_streaming(names, stream_job)
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    with serving() as base:
 
-    schema_copy.add_user_field()
-    registry = schema_copy.registry()
-    after = registry.get("user")
-    assert after.fingerprint != before.fingerprint
-    publisher.publish(topic, user_event(after, 2, now, age=40, churn_score=0.5), **routing(after)).result()
+        def row(user_id: int, features: str = "age") -> Any:
+            status, body = get(f"{base}/v1/online/user?id={user_id}&features={features}")
+            return (json.loads(body)["rows"][0] or {}) if status == 200 else {}
 
-    with FeatureStore(load_settings(), registry=registry) as fs:
-        wait_for(lambda: fs.offline.history(after).num_rows == 2, 60, "both events offline")
-        assert fs.offline.dead_letters().num_rows == 0
-        (row,) = fs.get_online("user", [2], features=["age", "churn_score"])
-        assert row is not None and (row["age"], row["churn_score"]) == (40, 0.5)
+        publisher.publish(topic, user_event(before, 1, now, age=30), **routing(before)).result()
+        wait_for(lambda: row(1).get("age") == 30, 60, "user 1 over HTTP")
+
+        schema_copy.add_user_field()
+        after = schema_copy.registry().get("user")
+        publisher.publish(topic, user_event(after, 2, now, age=40, churn_score=0.5), **routing(after)).result()
+
+        wait_for(lambda: row(2, "churn_score").get("churn_score") == 0.5, 60, "user 2's churn_score over HTTP")
+        with FeatureStore(load_settings(), registry=schema_copy.registry()) as fs:
+            assert fs.offline.history(after).num_rows == 2
+            assert fs.offline.dead_letters().num_rows == 0
+        unpinned = [get(f"{base}/v1/online/user?id=1&id=2&id=3"), get(f"{base}/v1/entities/user")]
+
+        schema_copy.add_user_v2(default_version=1)
+        status, body = get(f"{base}/v1/online/user?id=1&version=2")  # the server takes v2 up when asked for it
+        assert status == 200 and json.loads(body)["version"] == 2 and json.loads(body)["rows"] == [None]
+        assert get(f"{base}/v1/online/user?id=1&id=2&id=3") == unpinned[0]
+        entity = json.loads(get(f"{base}/v1/entities/user")[1])
+        assert (entity["default_version"], entity["latest_version"]) == (1, 2)
+    assert job.poll() is None
