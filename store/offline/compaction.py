@@ -155,7 +155,11 @@ class Compactor:
                         raise
                     raise damaged from None
                 rows = con.execute(f"SELECT count(*) FROM read_parquet('{escape(str(tmp))}')").fetchone()
+            # The folded file is on the disk before the files it replaces are deleted: a crash in between
+            # leaves duplicates (removed by the next fold, never read twice), never a gap.
+            segments.sync_to_disk(tmp)
             os.replace(tmp, target)
+            segments.sync_to_disk(partition_dir)
             for path in partition.files:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

@@ -203,7 +203,8 @@ def journal_to_segment(path: Path) -> Path | None:
             return None
         contents = read_journal(path)
         table = contents.table
-        segment = write_segment(path.parent, table) if table is not None and table.num_rows else None
+        # fsynced whatever the store's setting: the journal it replaces was durable, and is deleted next
+        segment = write_segment(path.parent, table, fsync=True) if table is not None and table.num_rows else None
         # While still locked: no other converter can read it after the segment exists.
         if contents.damaged:
             target = quarantine_path(path)

@@ -146,10 +146,10 @@ def write_atomically(path: Path, table: pa.Table, *, fsync: bool = False) -> Pat
         # was most of the cost of a small streaming segment (docs/performance-notes.md).
         pq.write_table(table, tmp, store_schema=False)
         if fsync:
-            _fsync(tmp)
+            sync_to_disk(tmp)
         os.replace(tmp, path)
         if fsync:
-            _fsync(path.parent)
+            sync_to_disk(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -170,7 +170,8 @@ def damaged_file(exc: Exception) -> DamagedFileError | None:
     )
 
 
-def _fsync(path: Path) -> None:
+def sync_to_disk(path: Path) -> None:
+    """Put a file's (or a directory's entries') contents on the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

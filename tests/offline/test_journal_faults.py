@@ -135,3 +135,31 @@ def test_a_truncated_segment_is_named_and_never_deleted(tmp_path: Path, registry
         with pytest.raises(DamagedFileError, match=f"cannot read {re.escape(str(segment))}"):
             read()
     assert segment.exists() and segment.stat().st_size == 100  # nothing made the damage worse
+
+
+def test_compaction_puts_its_output_on_the_disk_before_deleting_what_it_replaces(
+    tmp_path: Path, registry: Registry, user: EntitySpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash safety by ordering: a journal becomes a segment fsynced before the journal goes, and a fold's
+    output file (and its directory entry) is fsynced before the folded files are deleted."""
+    from fstore.store.offline import segments
+
+    events: list[str] = []
+    real_sync, real_unlink = segments.sync_to_disk, Path.unlink
+    monkeypatch.setattr(segments, "sync_to_disk", lambda p: (events.append(f"sync {Path(p).name}"), real_sync(p)))
+    monkeypatch.setattr(Path, "unlink", lambda p, **kw: (events.append(f"unlink {p.name}"), real_unlink(p, **kw)))
+    journal = dead_writers_journal(tmp_path, user, 3)
+    store = DuckDBOfflineStore(tmp_path / "o", registry, fsync=False)  # even with the store's appends unsynced
+    store.write(user, batch(user, 7))  # type: ignore[arg-type]
+    store.compact(user)
+    assert store.history(user).num_rows == 40
+    store.close()
+
+    (folded,) = [p.name for p in journal.parent.glob("*.parquet")]
+    gone = [e.removeprefix("unlink ") for e in events if e.startswith("unlink ") and not e.endswith(".tmp")]
+    assert journal.name in gone and any(name.endswith(".parquet") for name in gone)  # journals, then segments
+    for name in gone:
+        synced = [e for e in events[: events.index(f"unlink {name}")] if e.startswith("sync ")]
+        assert synced and synced[-1] == f"sync {journal.parent.name}", (name, events)  # its directory, last
+        if name.endswith(".parquet"):  # a segment the fold replaced: the fold's own output was synced before
+            assert f"sync .{folded}.tmp" in synced, (name, events)
