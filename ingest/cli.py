@@ -98,34 +98,6 @@ def publish(
     typer.echo(f"published {len(ids)} {spec.ref} events to {topic} in {took:.2f} s")
 
 
-def dead_letters(
-    reason: str | None = typer.Option(None, help="Only this reason, e.g. missing_key."),
-    limit: int = typer.Option(20, min=0, help="How many of the latest to list."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
-) -> None:
-    """Rejected events: counts per reason, then the latest ones with their reason and detail."""
-    import json
-
-    from fstore.store import FeatureStore
-
-    with FeatureStore.from_config() as fs:
-        letters = fs.offline.dead_letters().to_pylist()
-    if reason:
-        letters = [d for d in letters if d["reason"] == reason]
-    latest = sorted(letters, key=lambda d: d["ingest_time"], reverse=True)[:limit]
-    if json_output:
-        for d in latest:
-            shown = {k: v for k, v in d.items() if k != "data"} | {"data_bytes": len(d["data"])}
-            typer.echo(json.dumps(shown, default=str))
-        return
-    counts: dict[str, int] = {}
-    for d in letters:
-        counts[d["reason"]] = counts.get(d["reason"], 0) + 1
-    typer.echo(f"{len(letters)} dead letters" + "".join(f"; {r}: {n}" for r, n in sorted(counts.items())))
-    for d in latest:
-        typer.echo(f"  {d['ingest_time']:%Y-%m-%dT%H:%M:%SZ}  {d['message_id']}  {d['reason']}: {d['detail']}")
-
-
 def materialize(
     entity: str = typer.Option(..., help="Entity name, e.g. user."),
     version: int | None = typer.Option(None, help="Entity version; default: the entity's default version."),
@@ -145,7 +117,9 @@ def materialize(
 
 
 def register(app: typer.Typer) -> None:
+    from fstore.ingest.dead_letters import dead_letters_app  # not at the top: it imports PASS_THROUGH from here
+
     app.add_typer(ingest_app, name="ingest")
     app.command("publish")(publish)
-    app.command("dead-letters")(dead_letters)
+    app.add_typer(dead_letters_app, name="dead-letters")
     app.command("materialize")(materialize)

@@ -67,6 +67,16 @@ def build_backfill(pipeline: beam.Pipeline, settings: Settings, entity: str, ver
     unreadable | "WriteDeadLetters" >> WriteDeadLetters(settings, publish=False)
 
 
+def build_replay(pipeline: beam.Pipeline, settings: Settings, messages: list[Any]) -> None:
+    """Dead letters, as the messages they were (`ingest.replay`), through the streaming job's own step. One
+    still rejected is counted, not stored: it is in the dead-letter table already."""
+    _ = (
+        pipeline
+        | "DeadLetters" >> beam.Create(messages)
+        | "DecodeValidateWrite" >> IngestEvents(settings, flush_every=BACKFILL_FLUSH_EVERY, store_dead_letters=False)
+    )
+
+
 def pipeline_options(beam_args: Sequence[str], *, streaming: bool) -> tuple[PipelineOptions, Any]:
     """Options from the pass-through arguments, and the runner to use (a local one unless one was named)."""
     options = PipelineOptions(list(beam_args), save_main_session=False)
@@ -116,4 +126,18 @@ def run_backfill(
         result.wait_until_finish()
     finally:
         close_resources()  # in-process workers' journals become segments before anyone compacts
+    return result
+
+
+def run_replay(settings: Settings, messages: list[Any], beam_args: Sequence[str] = ()) -> Any:
+    """Run `build_replay` as a batch job (`FnApiRunner` unless `beam_args` name a runner); the result's
+    counters say what became of the letters (`events_valid`, `dead_letters_<reason>`)."""
+    options, runner = pipeline_options(beam_args, streaming=False)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_replay(pipeline, settings, messages)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        close_resources()  # the offline store's journals become segments before the command ends
     return result

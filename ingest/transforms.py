@@ -138,11 +138,13 @@ class StoreWriter:
 
 class DeadLetterWriter:
     """Buffers dead letters; each flush appends them to the offline dead-letter table and, when publishing (the
-    streaming job), to the dead-letter topic. Every one is counted per reason and logged."""
+    streaming job), to the dead-letter topic. Every one is counted per reason and logged. With `store` off (a
+    replay of dead letters, which are in the table already) they are counted and logged, and stored nowhere."""
 
-    def __init__(self, res: Resources, *, publish: bool, flush_every: int = FLUSH_EVERY) -> None:
+    def __init__(self, res: Resources, *, publish: bool, store: bool = True, flush_every: int = FLUSH_EVERY) -> None:
         self.res = res
         self.publish = publish
+        self.store = store
         self.flush_every = flush_every
         self.letters: list[DeadLetter] = []
 
@@ -157,6 +159,8 @@ class DeadLetterWriter:
         if not self.letters:
             return
         letters, self.letters = self.letters, []
+        if not self.store:
+            return
         until_stored(lambda: self.res.offline.write_dead_letters(letters), "dead-letter table write")
         PROGRESS.add(dead=len(letters))
         if self.publish:
@@ -170,10 +174,13 @@ SCHEMA_CHANGE_REASONS = frozenset({"unknown_fingerprint", "unknown_version", "un
 
 
 class _IngestEventsFn(IngestDoFn):
-    def __init__(self, settings: Settings, flush_every: int, publish_dead_letters: bool) -> None:
+    def __init__(
+        self, settings: Settings, flush_every: int, publish_dead_letters: bool, store_dead_letters: bool = True
+    ) -> None:
         super().__init__(settings)
         self.flush_every = flush_every
         self.publish_dead_letters = publish_dead_letters
+        self.store_dead_letters = store_dead_letters
 
     def setup(self) -> None:
         super().setup()
@@ -182,7 +189,9 @@ class _IngestEventsFn(IngestDoFn):
 
     def start_bundle(self) -> None:
         self.writer = StoreWriter(self.res, self.flush_every)
-        self.dead_letters = DeadLetterWriter(self.res, publish=self.publish_dead_letters, flush_every=self.flush_every)
+        self.dead_letters = DeadLetterWriter(
+            self.res, publish=self.publish_dead_letters, store=self.store_dead_letters, flush_every=self.flush_every
+        )
         self.to_ack: list[Any] = []
 
     def process(self, element: Any) -> Iterator[Any]:
@@ -220,18 +229,26 @@ class _IngestEventsFn(IngestDoFn):
 class IngestEvents(beam.PTransform[PCollection[Any], PCollection[Any]]):
     """Pub/Sub messages (or records shaped like them) -> decoded and validated; valid events written to both
     stores, rejected ones to the dead-letter table (and topic, with `publish_dead_letters`). The output is the
-    dead letters, already written: for counting and tests, not for writing again."""
+    dead letters, already written: for counting and tests, not for writing again. `store_dead_letters=False` is
+    for replaying dead letters: one still rejected is counted (`dead_letters_<reason>`) but not stored again."""
 
     def __init__(
-        self, settings: Settings, *, flush_every: int = FLUSH_EVERY, publish_dead_letters: bool = False
+        self,
+        settings: Settings,
+        *,
+        flush_every: int = FLUSH_EVERY,
+        publish_dead_letters: bool = False,
+        store_dead_letters: bool = True,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.flush_every = flush_every
         self.publish_dead_letters = publish_dead_letters
+        self.store_dead_letters = store_dead_letters
 
     def expand(self, messages: PCollection[Any]) -> PCollection[Any]:
-        return messages | beam.ParDo(_IngestEventsFn(self.settings, self.flush_every, self.publish_dead_letters))
+        fn = _IngestEventsFn(self.settings, self.flush_every, self.publish_dead_letters, self.store_dead_letters)
+        return messages | beam.ParDo(fn)
 
 
 class _WriteDeadLettersFn(IngestDoFn):
