@@ -360,3 +360,65 @@ def test_schema_changes_while_the_job_and_the_server_run(
         entity = json.loads(get(f"{base}/v1/entities/user")[1])
         assert (entity["default_version"], entity["latest_version"]) == (1, 2)
     assert job.poll() is None
+
+
+def test_a_full_redis_stalls_the_running_job_and_it_resumes_when_memory_is_freed(
+    names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis at maxmemory under noeviction refuses every write: the job holds its acks and retries (it used to
+    exit, losing the events it had pulled). Memory freed, every event is online, each stored offline once."""
+    import redis
+
+    with RedisServer(maxmemory="3mb") as server:
+        client = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(10_000):
+                client.set(f"filler:{i}", b"x" * 10_000)
+        monkeypatch.setenv("FSTORE_REDIS_URL", server.url)
+        get_settings.cache_clear()
+        publisher, topic, job = start_streaming(names, stream_job)
+        with FeatureStore.from_config() as fs:
+            spec = fs.spec("user")
+            now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+            for f in [
+                publisher.publish(topic, user_event(spec, i, now, age=30), **routing(spec)) for i in range(1, 201)
+            ]:
+                f.result()
+            wait_for(lambda: fs.offline.history(spec).num_rows > 0, 60, "the first batch offline")
+            time.sleep(3)
+            assert job.poll() is None and client.exists("fs:user:v1:1") == 0  # stalled, not stopped
+
+            client.config_set("maxmemory", "0")
+            wait_for(lambda: all(fs.get_online("user", list(range(1, 201)))), 60, "all 200 events online")
+            assert fs.offline.history(spec).num_rows == 200 and fs.offline.dead_letters().num_rows == 0
+            assert job.poll() is None
+
+
+def test_a_full_disk_stalls_the_running_job_and_loses_nothing_offline(
+    redis_url: str, names: dict[str, str], stream_job: Any, monkeypatch: pytest.MonkeyPatch, small_disk: Path
+) -> None:
+    """The embedded offline store on a tmpfs filled to the last byte for 20 s while 500 events arrive: the job
+    stalls (offline is written first, so nothing goes online either), then stores every event once."""
+    from tests.conftest import fill_disk
+
+    monkeypatch.setenv("FSTORE_OFFLINE", f"duckdb:///{small_disk / 'offline'}")
+    get_settings.cache_clear()
+    publisher, topic, job = start_streaming(names, stream_job)
+    with FeatureStore.from_config() as fs:
+        spec = fs.spec("user")
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+        publisher.publish(topic, user_event(spec, 1, now, age=30), **routing(spec)).result()
+        wait_for(lambda: fs.offline.history(spec).num_rows == 1, 60, "the first event offline")
+        filler = fill_disk(small_disk)
+        for f in [publisher.publish(topic, user_event(spec, i, now, age=30), **routing(spec)) for i in range(2, 502)]:
+            f.result()
+        time.sleep(20)
+        assert job.poll() is None
+        assert fs.offline.history(spec).num_rows == 1 and fs.get_online("user", [2]) == [None]  # stalled
+
+        filler.unlink()
+        wait_for(lambda: fs.offline.history(spec).num_rows >= 501, 90, "all 501 events offline")
+        wait_for(lambda: all(fs.get_online("user", list(range(1, 502)))), 60, "all 501 events online")
+        history = fs.offline.history(spec)
+        assert history.num_rows == 501 and len(set(history.column("message_id").to_pylist())) == 501
+        assert fs.offline.dead_letters().num_rows == 0 and job.poll() is None
