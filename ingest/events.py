@@ -159,9 +159,8 @@ def _route(registry: Registry, attributes: dict[str, str]) -> EntitySpec:
     if not spec.knows_fingerprint(fingerprint):
         raise Rejected(
             "unknown_fingerprint",
-            f"{spec.ref}: schema fingerprint {fingerprint!r} is not one this version ever had "
-            f"(current {spec.fingerprint}): the producer was built from other schemas, or this job's are older "
-            "(it takes up a changed descriptor set by itself where it can read the file; otherwise restart it)",
+            f"{spec.ref}: schema fingerprint {fingerprint[:64]!r} is not one this version ever had "
+            f"(current {spec.fingerprint})",
         )
     return spec
 

@@ -9,15 +9,17 @@ this is also right: one connection pool per worker process, and no feature repo 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
 
 import apache_beam as beam
 
-from fstore.ingest.events import job_registry, launcher_registry_source
+from fstore.ingest.events import MAX_DETAIL_CHARS, job_registry, launcher_registry_source
 from fstore.schema.registry import DescriptorSetWatcher, Registry, RegistrySource
 from fstore.settings import Settings
+from fstore.store.events import DeadLetter
 from fstore.store.offline import OfflineStore, open_offline_store
 from fstore.store.online import OnlineStore, open_online_store
 
@@ -43,6 +45,26 @@ class Resources:
             return False
         self.registry = job_registry(registry.source)
         return True
+
+    def explain_schema_refusal(self, letter: DeadLetter) -> DeadLetter:
+        """Say which side is behind, for an event refused for its entity, version or fingerprint after
+        `reload_registry` had its chance: where this job can read the descriptor set it has just checked
+        it, so the producer's schemas are newer than (or apart from) the feature repo's; where it cannot (a
+        Dataflow worker), the job may be the stale side."""
+        path = self.settings.descriptor_set
+        if path.is_file():
+            side = (
+                f"this job has just re-read {path} and it is current: the producer's schemas are not (yet) this "
+                "feature repo's. Merge the schema change and run `fstore codegen`, then `fstore dead-letters "
+                f"replay --reason {letter.reason}`"
+            )
+        else:
+            side = (
+                f"this job cannot re-read its schemas here (no {path} on this worker), so it may be the stale "
+                "side: update the job with the new descriptor set (docs/ingest.md, Schema changes), then "
+                f"`fstore dead-letters replay --reason {letter.reason}`"
+            )
+        return dataclasses.replace(letter, detail=f"{letter.detail}; {side}"[:MAX_DETAIL_CHARS])
 
     @property
     def online(self) -> OnlineStore:

@@ -199,8 +199,11 @@ class _IngestEventsFn(IngestDoFn):
             self.read.inc()
             self.to_ack.append(message)
             result = self._decode(message)
-            if isinstance(result, DeadLetter) and result.reason in SCHEMA_CHANGE_REASONS and self.res.reload_registry():
-                result = self._decode(message)  # the schemas changed while the job ran: this event may be valid now
+            if isinstance(result, DeadLetter) and result.reason in SCHEMA_CHANGE_REASONS:
+                if self.res.reload_registry():  # the schemas changed while the job ran: it may be valid now
+                    result = self._decode(message)
+                if isinstance(result, DeadLetter) and result.reason in SCHEMA_CHANGE_REASONS:
+                    result = self.res.explain_schema_refusal(result)
             if isinstance(result, DeadLetter):
                 self.dead_letters.add(result)
                 yield result

@@ -151,6 +151,10 @@ def test_stream_end_to_end(redis_url: str, names: dict[str, str], stream_job: An
     assert {d["message_id"] for d in letters} == set(message_ids[expected_offline:])
     garbage = next(d for d in letters if d["reason"] == "undecodable")
     assert garbage["data"] == b"\x00\xff garbage"
+    # the job re-read its schemas before refusing these, and says which side is behind
+    fingerprint = next(d for d in letters if d["reason"] == "unknown_fingerprint")["detail"]
+    assert "this job has just re-read" in fingerprint and "the producer's schemas are not (yet)" in fingerprint
+    assert "fstore dead-letters replay --reason unknown_fingerprint" in fingerprint
     # counts in = counts stored + counts dead-lettered
     assert published == history.num_rows + len(letters)
 

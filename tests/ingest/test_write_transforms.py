@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import apache_beam as beam
 import pytest
@@ -84,3 +85,20 @@ def test_progress_logs_what_was_written_every_interval(caplog: pytest.LogCapture
         "wrote 30 events in the last 30 s (1/s), 1 dead letters; 30 events and 1 dead letters in all",
         "wrote 60 events in the last 60 s (1/s), 0 dead letters; 90 events and 1 dead letters in all",
     ]
+
+
+def test_a_schema_refusal_says_which_side_is_behind(tmp_path: Path) -> None:
+    """Where the job can read its descriptor set, it is current, so the producer is ahead; where it cannot
+    (a Dataflow worker), the job may be the stale one."""
+    from fstore.ingest.resources import Resources
+    from fstore.schema.registry import Registry
+    from fstore.settings import load_settings
+    from fstore.store.events import DeadLetter
+
+    letter = DeadLetter(b"", {}, "unknown_fingerprint", "user/v1: schema fingerprint 'ab' is not one…", "m1", None,
+                        datetime.now(UTC))  # fmt: skip
+    here = Resources(load_settings(), Registry.default())
+    assert "this job has just re-read" in here.explain_schema_refusal(letter).detail
+    worker = Resources(load_settings(descriptor_set=str(tmp_path / "absent.binpb")), Registry.default())
+    told = worker.explain_schema_refusal(letter).detail
+    assert told.startswith("user/v1: schema fingerprint") and "it may be the stale side" in told
