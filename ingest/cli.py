@@ -65,6 +65,15 @@ def backfill(
     for name, value in sorted(counters.items()):
         if name.startswith("dead_letters_"):
             typer.echo(f"  dead letters, {name.removeprefix('dead_letters_')}: {value}")
+    stored = counters.get("offline_written", 0)
+    if dead and not stored:  # e.g. a v1 file loaded as another version: say so, and fail the command
+        typer.secho(
+            f"error: every one of the {dead} events was rejected and nothing was stored; they are dead letters "
+            f"(`fstore dead-letters`). Is the file {spec.ref}? Pass --version to load it as another version",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
     compaction = fs.offline.compaction
     if compact and compaction is not None:
         # A backfill leaves many segments per day; exports over uncompacted days pay for deduplication and

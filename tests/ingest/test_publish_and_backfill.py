@@ -166,3 +166,18 @@ def test_materialize_rebuilds_online_from_history_and_leaves_history_alone(tmp_p
         assert fs.offline.history(fs.spec("user")).num_rows == 61
     again = runner.invoke(app, ["materialize", "--entity", "user"])
     assert "0 written online, 20 already newer online" in again.output  # idempotent
+
+
+def test_a_backfill_that_stores_nothing_fails(tmp_path: Path, redis_url: str) -> None:
+    """Every line rejected (here: `item` events loaded as `user`) is exit 1 and one line saying so, not a
+    quiet success with only dead letters to show for it."""
+    lines: list[dict[str, object] | str] = [
+        {"itemId": f"i{n}", "eventTime": stamp(NOW), "price": 2.5} for n in range(5)
+    ]
+    events = write_jsonl(tmp_path / "items.jsonl", lines)
+    result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "user", "--input", str(events)])
+    assert result.exit_code == 1, result.output
+    assert "every one of the 5 events was rejected and nothing was stored" in result.output
+    assert "Is the file user/v1? Pass --version" in result.output
+    with FeatureStore.from_config() as fs:
+        assert fs.offline.dead_letters().num_rows == 5
