@@ -25,6 +25,8 @@ ROOT = "clients/typescript"
 PUBLISH_MODULE = "fstore/publish"  # the shared publisher, under src/
 OWNS = (ROOT,)
 PROTOC_GEN_ES = "2.17.0"  # also the @bufbuild/protobuf runtime the generated code needs
+TYPESCRIPT = "5.4.5"  # the compiler the tests check the generated package with
+PACKAGES = (f"@bufbuild/protoc-gen-es@{PROTOC_GEN_ES}", f"typescript@{TYPESCRIPT}")
 INSTALL_HINT = (
     f"needs node and npm (protoc-gen-es declares Node.js 22+) to install @bufbuild/protoc-gen-es@{PROTOC_GEN_ES} "
     f"into {TOOLS_DIR}"
@@ -46,7 +48,7 @@ def install_plugin(tools: Path) -> Path:
         raise ToolMissing(f"npm not found; {INSTALL_HINT}")
     tools.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [npm, "install", "--prefix", str(tools), "--no-audit", "--no-fund", f"@bufbuild/protoc-gen-es@{PROTOC_GEN_ES}"],
+        [npm, "install", "--prefix", str(tools), "--no-audit", "--no-fund", *PACKAGES],
         capture_output=True,
         text=True,
         check=False,
