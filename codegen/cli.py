@@ -17,7 +17,7 @@ def codegen(
         "main", "--against", help="Git ref whose schemas/ the new ones must stay compatible with."
     ),
     skip_schema_check: bool = typer.Option(
-        False, "--skip-schema-check", help="Generate even if `fstore schema check` finds problems."
+        False, "--force", "--skip-schema-check", help="Generate even if `fstore schema check` finds problems."
     ),
 ) -> None:
     """Generate clients, docs, BigQuery schemas and the descriptor set from schemas/ (deterministic). Runs
@@ -61,7 +61,7 @@ def codegen(
         report = check_schemas((root / "schemas").resolve(), against)
         print_report(report)
         if report.problems:
-            typer.secho("nothing written: fix the schemas (or pass --skip-schema-check)", fg=typer.colors.RED, err=True)
+            typer.secho("nothing written: fix the schemas (or pass --force)", fg=typer.colors.RED, err=True)
             raise typer.Exit(1)
     written = write(root, result)
     typer.echo(f"wrote {len(written)} of {len(result.outputs)} files")

@@ -132,5 +132,5 @@ def test_codegen_refuses_a_breaking_edit_and_writes_nothing(repo: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "avg_order_value" in result.output and "nothing written" in result.output
     assert not (repo / "clients").exists()
-    forced = CliRunner().invoke(app, ["codegen", "--root", str(repo), "--only", "registry", "--skip-schema-check"])
+    forced = CliRunner().invoke(app, ["codegen", "--root", str(repo), "--only", "registry", "--force"])
     assert forced.exit_code == 0 and (repo / "clients/registry/descriptor_set.binpb").is_file()
