@@ -6,7 +6,9 @@ Three checks, each problem printed naming its file and field:
    within a version only additions pass: a changed type, a renamed or deleted field fails);
 Both run buf on a scratch copy of schemas/ beside the installed package's `fstore/options.proto` (buf
 resolves imports inside its module only); the options file itself is not linted.
-3. fstore's own rules (`store.registry.schema_violations`): one key, one event time, supported types.
+3. fstore's own rules (`fstore.schema.registry.schema_violations`): one key, one event time, supported types;
+   an aggregation family's fields, functions and windows (`fstore.schema.aggregations.family_violations`); a
+   default version for every entity with several.
 Exit 1 on any problem, 0 otherwise.
 """
 
@@ -147,7 +149,11 @@ def fstore_rules(schemas: Path, default_versions: dict[str, int] | None = None) 
 
 
 def default_version_problems(data: bytes, default_versions: dict[str, int]) -> list[str]:
-    registry = Registry.from_descriptor_set(data, default_versions=default_versions)
+    """Also the aggregation families' rules, which need the entities built first."""
+    try:
+        registry = Registry.from_descriptor_set(data, default_versions=default_versions)
+    except SchemaError as exc:
+        return [f"schemas/{line}" for line in str(exc).splitlines()]
     problems = []
     for entity in registry.undeclared_defaults():
         versions = registry.versions(entity)

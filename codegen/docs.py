@@ -10,6 +10,7 @@ from google.protobuf import descriptor_pb2
 
 from fstore.codegen.bigquery import ROOT as BIGQUERY_ROOT
 from fstore.codegen.generate import Context, Outputs
+from fstore.schema.aggregations import FamilySpec
 from fstore.schema.registry import EntitySpec, FieldSpec
 
 ROOT = "docs/entities"
@@ -42,14 +43,16 @@ class Comments:
 
 def generate(ctx: Context) -> Outputs:
     comments = Comments(ctx.descriptor_set)
+    families = {ctx.registry.family(n).source.ref: ctx.registry.family(n) for n in ctx.registry.families()}
     outputs: Outputs = {
-        f"{ROOT}/{spec.name}/v{spec.version}.md": entity_page(spec, comments).encode() for spec in ctx.registry
+        f"{ROOT}/{spec.name}/v{spec.version}.md": entity_page(spec, comments, families.get(spec.ref)).encode()
+        for spec in ctx.registry
     }
     outputs[f"{ROOT}/README.md"] = index_page(list(ctx.registry), comments).encode()
     return outputs
 
 
-def entity_page(spec: EntitySpec, comments: Comments) -> str:
+def entity_page(spec: EntitySpec, comments: Comments, family: FamilySpec | None = None) -> str:
     # Links are relative to docs/entities/<entity>/, so they work on GitHub and in a checkout.
     up = "../../.."
     description = spec.description or comments.message(spec)
@@ -82,7 +85,28 @@ def entity_page(spec: EntitySpec, comments: Comments) -> str:
         )
     example = spec.features[0].name if spec.features else "<feature>"
     lines += ["", f"In a training set, name a feature as `{spec.name}:{example}` (or `{spec.name}:*` for all).", ""]
+    if family is not None:
+        lines += family_section(family)
     return "\n".join(lines)
+
+
+def family_section(family: FamilySpec) -> list[str]:
+    lines = [
+        f"## Aggregation family `{family.name}`",
+        "",
+        f"{_cell(family.description)} Grouped by `{family.group_by.name}`; events later than "
+        f"{family.allowed_lateness // 1_000_000} s are in no aggregate. Window semantics: "
+        "[docs/aggregations.md](../../aggregations.md) (designed; not computed yet).",
+        "",
+        "| Feature | Function | Field | Window | Tile | Description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in family.features:
+        tile = "—" if f.tile is None else f"{f.tile // 60_000_000} min"
+        field = f"`{f.field.name}`" if f.field else ""
+        lines.append(f"| `{f.name}` | {f.function} | {field} | {f.window_text} | {tile} | {_cell(f.description)} |")
+    lines.append("")
+    return lines
 
 
 def index_page(specs: list[EntitySpec], comments: Comments) -> str:

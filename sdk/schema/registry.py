@@ -22,10 +22,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from fstore.errors import SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
+from fstore.schema.aggregations import FamilySpec, family_spec, family_violations
 
 log = logging.getLogger("fstore.schema")
 ENTITY_PACKAGE = re.compile(r"^fstore\.entities\.(?P<name>[a-z][a-z0-9_]*)\.v(?P<version>[1-9][0-9]*)$")
 OPTIONS_FILE = "fstore/options.proto"
+AGGREGATIONS_OPTION = 51235  # the `(fstore.aggregations)` extension's field number
 FINGERPRINTS_FILE = "fingerprints.json"
 TIMESTAMP = "google.protobuf.Timestamp"
 
@@ -152,7 +154,7 @@ class Registry:
 
     def __init__(
         self, specs: Iterable[EntitySpec], source: RegistrySource | None = None,
-        default_versions: dict[str, int] | None = None,
+        default_versions: dict[str, int] | None = None, families: Iterable[FamilySpec] = (),
     ) -> None:  # fmt: skip
         self.source = source
         self.default_versions = dict(default_versions if default_versions is not None else
@@ -165,6 +167,11 @@ class Registry:
                 raise SchemaError(f"entity {spec.name!r} v{spec.version} is declared twice")
             versions[spec.version] = spec
             self._by_fingerprint[spec.fingerprint] = spec
+        self._families: dict[str, FamilySpec] = {}
+        for family in families:
+            if family.name in self._specs or family.name in self._families:
+                raise SchemaError(f"aggregation family {family.name!r} is declared twice, or is an entity's name")
+            self._families[family.name] = family
 
     @classmethod
     def from_descriptor_set(
@@ -182,7 +189,7 @@ class Registry:
         for file_proto in fds.file:
             pool.Add(file_proto)
         options = OptionsReader(pool)
-        specs = []
+        specs, families = [], []
         for file_proto in fds.file:
             if not ENTITY_PACKAGE.match(file_proto.package):
                 continue
@@ -191,7 +198,14 @@ class Registry:
                 spec = entity_spec(desc, options)
                 earlier = frozenset((fingerprints or {}).get(spec.ref, ())) - {spec.fingerprint}
                 specs.append(dataclasses.replace(spec, earlier_fingerprints=earlier))
-        return cls(specs, RegistrySource(raw, dict(fingerprints or {}), dict(default_versions or {})))
+                declared = options.aggregations(desc)
+                if declared is not None:
+                    problems = family_violations(spec, declared)
+                    if problems:
+                        raise SchemaError("\n".join(problems))
+                    families.append(family_spec(declared, specs[-1]))
+        source = RegistrySource(raw, dict(fingerprints or {}), dict(default_versions or {}))
+        return cls(specs, source, families=families)
 
     @classmethod
     def from_source(cls, source: RegistrySource) -> Registry:
@@ -243,6 +257,16 @@ class Registry:
         """Entities with several versions and no `default_versions` entry: `fstore schema check` refuses them,
         so that which version unpinned readers get is always a choice someone wrote down."""
         return [e for e in self.entities() if len(self._specs[e]) > 1 and e not in self.default_versions]
+
+    def families(self) -> list[str]:
+        """Aggregation families (docs/aggregations.md), read like entities: `family:feature`."""
+        return sorted(self._families)
+
+    def family(self, name: str) -> FamilySpec:
+        try:
+            return self._families[name]
+        except KeyError:
+            raise UnknownEntityError(name, self.entities() + self.families()) from None
 
     def by_fingerprint(self, fingerprint: str) -> EntitySpec | None:
         return self._by_fingerprint.get(fingerprint)
@@ -321,6 +345,10 @@ class OptionsReader:
             self._field_ext: Any = pool.FindExtensionByName("fstore.field")
         except KeyError:
             raise SchemaError(f"the descriptor set lacks {OPTIONS_FILE}") from None
+        try:  # absent from descriptor sets made with an options file that predates aggregation families
+            self._aggregations_ext: Any = pool.FindExtensionByName("fstore.aggregations")
+        except KeyError:
+            self._aggregations_ext = None
         self._message_options = message_factory.GetMessageClass(
             pool.FindMessageTypeByName("google.protobuf.MessageOptions")
         )
@@ -332,6 +360,12 @@ class OptionsReader:
         opts = self._message_options.FromString(desc.GetOptions().SerializeToString())
         return opts.Extensions[self._entity_ext] if opts.HasExtension(self._entity_ext) else None
 
+    def aggregations(self, desc: Descriptor) -> Any | None:
+        if self._aggregations_ext is None:
+            return None
+        opts = self._message_options.FromString(desc.GetOptions().SerializeToString())
+        return opts.Extensions[self._aggregations_ext] if opts.HasExtension(self._aggregations_ext) else None
+
     def field(self, fd: FieldDescriptor) -> Any | None:
         opts = self._field_options.FromString(fd.GetOptions().SerializeToString())
         return opts.Extensions[self._field_ext] if opts.HasExtension(self._field_ext) else None
@@ -342,8 +376,45 @@ def fingerprint(desc: Descriptor) -> str:
     the ingest job can refuse events produced from a schema it does not know."""
     proto = descriptor_pb2.DescriptorProto()
     desc.CopyToProto(proto)
+    options = proto.options.SerializeToString()
+    kept = _without_field(options, AGGREGATIONS_OPTION)
+    if kept != options:  # an aggregation family says what is computed from the events, not what they are
+        proto.options.Clear()
+        proto.options.MergeFromString(kept)
     payload = desc.file.package.encode() + b"\0" + proto.SerializeToString(deterministic=True)
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _without_field(data: bytes, number: int) -> bytes:
+    """Serialized message `data` without the top-level field `number` (protobuf wire format)."""
+    out, i = bytearray(), 0
+    while i < len(data):
+        start = i
+        tag, i = _varint(data, i)
+        wire = tag & 7
+        if wire == 0:
+            _, i = _varint(data, i)
+        elif wire == 2:
+            size, i = _varint(data, i)
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise SchemaError(f"unexpected wire type {wire} in message options")
+        if tag >> 3 != number:
+            out += data[start:i]
+    return bytes(out)
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
 
 
 def schema_violations(desc: Descriptor, options: OptionsReader) -> list[str]:

@@ -68,7 +68,7 @@ def test_catalog_lists_only_what_the_key_may_read(auth_client: TestClient, as_ke
     names = [e["name"] for e in auth_client.get("/v1/entities", headers=as_key("user")).json()["entities"]]
     assert names == ["user"]
     names = [e["name"] for e in auth_client.get("/v1/entities", headers=as_key("admin")).json()["entities"]]
-    assert names == ["item", "user"]
+    assert names == ["item", "order", "user"]
 
 
 def test_unknown_entity_is_403_for_a_restricted_key_and_404_for_a_wildcard(

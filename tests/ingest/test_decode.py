@@ -50,7 +50,7 @@ def test_valid_event_decodes(registry: Registry, user: EntitySpec) -> None:
     ("case", "reason", "names"),
     [
         ("garbage", "undecodable", "fstore.entities.user.v1.User"),
-        ("unknown_entity", "unknown_entity", "'order'"),
+        ("unknown_entity", "unknown_entity", "'shipment'"),
         ("unknown_version", "unknown_version", "version 9"),
         ("no_attributes", "missing_attributes", "fstore_entity"),
         ("missing_key", "missing_key", "user_id"),
@@ -67,7 +67,7 @@ def test_invalid_events_become_dead_letters(
     if case == "garbage":
         data = b"\xff\xfe not a protobuf"
     elif case == "unknown_entity":
-        attributes[ATTR_ENTITY] = "order"
+        attributes[ATTR_ENTITY] = "shipment"
     elif case == "unknown_version":
         attributes[ATTR_VERSION] = "9"
     elif case == "no_attributes":

@@ -115,7 +115,7 @@ def test_stream_end_to_end(redis_url: str, names: dict[str, str], stream_job: An
     bad_attrs = routing(spec)
     invalid = [
         (b"\x00\xff garbage", routing(spec)),
-        (user_event(spec, 1, now), {**bad_attrs, ATTR_ENTITY: "order"}),
+        (user_event(spec, 1, now), {**bad_attrs, ATTR_ENTITY: "shipment"}),
         (user_event(spec, 1, now), {**bad_attrs, ATTR_VERSION: "7"}),
         (user_event(spec, 0, now, age=1), routing(spec)),
         (spec.message_class(user_id=5, age=1).SerializeToString(), routing(spec)),

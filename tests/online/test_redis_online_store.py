@@ -157,8 +157,8 @@ def test_item_without_ttl_never_expires(store: RedisOnlineStore, registry: Regis
 
 def test_feature_store_errors_name_the_problem(redis_url: str) -> None:
     with FeatureStore.from_config() as fs:
-        with pytest.raises(UnknownEntityError, match="'order'"):
-            fs.get_online("order", [1])
+        with pytest.raises(UnknownEntityError, match="'shipment'"):
+            fs.get_online("shipment", [1])
         with pytest.raises(UnknownFeatureError, match="'height'"):
             fs.get_online("user", [1], features=["height"])
         with pytest.raises(InvalidIdError, match="int64"):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66store/options.proto\x12\x06\x66store\x1a google/protobuf/descriptor.proto\"]\n\rEntityOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12online_ttl_seconds\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"Q\n\x0c\x46ieldOptions\x12\x0b\n\x03key\x18\x01 \x01(\x08\x12\x12\n\nevent_time\x18\x02 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0b\n\x03pii\x18\x04 \x01(\x08:H\n\x06\x65ntity\x12\x1f.google.protobuf.MessageOptions\x18\xa2\x90\x03 \x01(\x0b\x32\x15.fstore.EntityOptions:D\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xa2\x90\x03 \x01(\x0b\x32\x14.fstore.FieldOptionsBE\n\ndev.fstoreP\x01Z5github.com/fstore-dev/fstore/clients/go/fstore;fstoreb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66store/options.proto\x12\x06\x66store\x1a google/protobuf/descriptor.proto\"]\n\rEntityOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12online_ttl_seconds\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"Q\n\x0c\x46ieldOptions\x12\x0b\n\x03key\x18\x01 \x01(\x08\x12\x12\n\nevent_time\x18\x02 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0b\n\x03pii\x18\x04 \x01(\x08\"~\n\x0b\x41ggregation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x08\x66unction\x18\x02 \x01(\x0e\x32\x1b.fstore.AggregationFunction\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06window\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xb3\x01\n\x11\x41ggregationFamily\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08group_by\x18\x02 \x01(\t\x12%\n\x18\x61llowed_lateness_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12%\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x13.fstore.Aggregation\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x1b\n\x19_allowed_lateness_seconds*u\n\x13\x41ggregationFunction\x12$\n AGGREGATION_FUNCTION_UNSPECIFIED\x10\x00\x12\t\n\x05\x43OUNT\x10\x01\x12\x07\n\x03SUM\x10\x02\x12\x08\n\x04MEAN\x10\x03\x12\x07\n\x03MIN\x10\x04\x12\x07\n\x03MAX\x10\x05\x12\x08\n\x04LAST\x10\x06:H\n\x06\x65ntity\x12\x1f.google.protobuf.MessageOptions\x18\xa2\x90\x03 \x01(\x0b\x32\x15.fstore.EntityOptions:R\n\x0c\x61ggregations\x12\x1f.google.protobuf.MessageOptions\x18\xa3\x90\x03 \x01(\x0b\x32\x19.fstore.AggregationFamily:D\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xa2\x90\x03 \x01(\x0b\x32\x14.fstore.FieldOptionsBE\n\ndev.fstoreP\x01Z5github.com/fstore-dev/fstore/clients/go/fstore;fstoreb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'demo_features.options_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\ndev.fstoreP\001Z5github.com/fstore-dev/fstore/clients/go/fstore;fstore'
+  _globals['_AGGREGATIONFUNCTION']._serialized_start=554
+  _globals['_AGGREGATIONFUNCTION']._serialized_end=671
   _globals['_ENTITYOPTIONS']._serialized_start=66
   _globals['_ENTITYOPTIONS']._serialized_end=159
   _globals['_FIELDOPTIONS']._serialized_start=161
   _globals['_FIELDOPTIONS']._serialized_end=242
+  _globals['_AGGREGATION']._serialized_start=244
+  _globals['_AGGREGATION']._serialized_end=370
+  _globals['_AGGREGATIONFAMILY']._serialized_start=373
+  _globals['_AGGREGATIONFAMILY']._serialized_end=552
 # @@protoc_insertion_point(module_scope)

@@ -5,9 +5,12 @@ Custom options that make an fstore entity schema self-describing: which
 message is an entity, which field is its key, which is its event time.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
@@ -19,6 +22,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AggregationFunction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AggregationFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AggregationFunction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGGREGATION_FUNCTION_UNSPECIFIED: _AggregationFunction.ValueType  # 0
+    COUNT: _AggregationFunction.ValueType  # 1
+    SUM: _AggregationFunction.ValueType  # 2
+    MEAN: _AggregationFunction.ValueType  # 3
+    MIN: _AggregationFunction.ValueType  # 4
+    MAX: _AggregationFunction.ValueType  # 5
+    LAST: _AggregationFunction.ValueType  # 6
+    """The value of the latest event (by event time, then ingest time, then message id)."""
+
+class AggregationFunction(_AggregationFunction, metaclass=_AggregationFunctionEnumTypeWrapper):
+    """What an aggregation computes over its window (docs/aggregations.md)."""
+
+AGGREGATION_FUNCTION_UNSPECIFIED: AggregationFunction.ValueType  # 0
+COUNT: AggregationFunction.ValueType  # 1
+SUM: AggregationFunction.ValueType  # 2
+MEAN: AggregationFunction.ValueType  # 3
+MIN: AggregationFunction.ValueType  # 4
+MAX: AggregationFunction.ValueType  # 5
+LAST: AggregationFunction.ValueType  # 6
+"""The value of the latest event (by event time, then ingest time, then message id)."""
+Global___AggregationFunction: _TypeAlias = AggregationFunction  # noqa: Y015
 
 @_typing.final
 class EntityOptions(_message.Message):
@@ -88,7 +119,87 @@ class FieldOptions(_message.Message):
 
 Global___FieldOptions: _TypeAlias = FieldOptions  # noqa: Y015
 
+@_typing.final
+class Aggregation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Feature name, unique within its family, e.g. "amount_sum_7d"."""
+    function: Global___AggregationFunction.ValueType
+    field: _builtins.str
+    """The event field aggregated; empty for COUNT."""
+    window: _builtins.str
+    """"5m", "1h", "7d" (1 minute to 90 days) or "lifetime"."""
+    description: _builtins.str
+    """What the value means, for the generated docs and the catalog."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        function: Global___AggregationFunction.ValueType = ...,
+        field: _builtins.str = ...,
+        window: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field", "function", b"function", "name", b"name", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Aggregation: _TypeAlias = Aggregation  # noqa: Y015
+
+@_typing.final
+class AggregationFamily(_message.Message):
+    """Sliding-window aggregates of an entity's events, grouped by one of its fields (docs/aggregations.md).
+    Not part of the entity's fingerprint: a family can change without producers being rebuilt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    ALLOWED_LATENESS_SECONDS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Read like an entity: "<name>:<feature>", e.g. "user_orders"."""
+    group_by: _builtins.str
+    """The event field to group by (int64 or string), e.g. "user_id"."""
+    allowed_lateness_seconds: _builtins.int
+    """Streamed events later than this (ingest time - event time) are kept offline but aggregated nowhere.
+    default 3600
+    """
+    description: _builtins.str
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Aggregation]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        group_by: _builtins.str = ...,
+        allowed_lateness_seconds: _builtins.int | None = ...,
+        features: _abc.Iterable[Global___Aggregation] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allowed_lateness_seconds", b"_allowed_lateness_seconds", "allowed_lateness_seconds", b"allowed_lateness_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allowed_lateness_seconds", b"_allowed_lateness_seconds", "allowed_lateness_seconds", b"allowed_lateness_seconds", "description", b"description", "features", b"features", "group_by", b"group_by", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allowed_lateness_seconds: _TypeAlias = _typing.Literal["allowed_lateness_seconds"]  # noqa: Y015
+    _WhichOneofArgType__allowed_lateness_seconds: _TypeAlias = _typing.Literal["_allowed_lateness_seconds", b"_allowed_lateness_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allowed_lateness_seconds) -> _WhichOneofReturnType__allowed_lateness_seconds | None: ...
+
+Global___AggregationFamily: _TypeAlias = AggregationFamily  # noqa: Y015
+
 ENTITY_FIELD_NUMBER: _builtins.int
+AGGREGATIONS_FIELD_NUMBER: _builtins.int
 FIELD_FIELD_NUMBER: _builtins.int
 entity: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EntityOptions]
+aggregations: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___AggregationFamily]
 field: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldOptions]

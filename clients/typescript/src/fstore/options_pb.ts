@@ -5,8 +5,8 @@
 // @generated from file fstore/options.proto (package fstore, syntax proto3)
 /* eslint-disable */
 
-import type { GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { extDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, extDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { FieldOptions as FieldOptions$1, MessageOptions } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fstore/options.proto.
  */
 export const file_fstore_options: GenFile = /*@__PURE__*/
-  fileDesc("ChRmc3RvcmUvb3B0aW9ucy5wcm90bxIGZnN0b3JlIl0KDUVudGl0eU9wdGlvbnMSDAoEbmFtZRgBIAEoCRIaChJvbmxpbmVfdHRsX3NlY29uZHMYAiABKAMSDQoFb3duZXIYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkiUQoMRmllbGRPcHRpb25zEgsKA2tleRgBIAEoCBISCgpldmVudF90aW1lGAIgASgIEhMKC2Rlc2NyaXB0aW9uGAMgASgJEgsKA3BpaRgEIAEoCDpQCgZlbnRpdHkSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYopADIAEoCzIVLmZzdG9yZS5FbnRpdHlPcHRpb25zUgZlbnRpdHk6SwoFZmllbGQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGKKQAyABKAsyFC5mc3RvcmUuRmllbGRPcHRpb25zUgVmaWVsZEJFCgpkZXYuZnN0b3JlUAFaNWdpdGh1Yi5jb20vZnN0b3JlLWRldi9mc3RvcmUvY2xpZW50cy9nby9mc3RvcmU7ZnN0b3JlYgZwcm90bzM", [file_google_protobuf_descriptor]);
+  fileDesc("ChRmc3RvcmUvb3B0aW9ucy5wcm90bxIGZnN0b3JlIl0KDUVudGl0eU9wdGlvbnMSDAoEbmFtZRgBIAEoCRIaChJvbmxpbmVfdHRsX3NlY29uZHMYAiABKAMSDQoFb3duZXIYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkiUQoMRmllbGRPcHRpb25zEgsKA2tleRgBIAEoCBISCgpldmVudF90aW1lGAIgASgIEhMKC2Rlc2NyaXB0aW9uGAMgASgJEgsKA3BpaRgEIAEoCCJ+CgtBZ2dyZWdhdGlvbhIMCgRuYW1lGAEgASgJEi0KCGZ1bmN0aW9uGAIgASgOMhsuZnN0b3JlLkFnZ3JlZ2F0aW9uRnVuY3Rpb24SDQoFZmllbGQYAyABKAkSDgoGd2luZG93GAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJIrMBChFBZ2dyZWdhdGlvbkZhbWlseRIMCgRuYW1lGAEgASgJEhAKCGdyb3VwX2J5GAIgASgJEiUKGGFsbG93ZWRfbGF0ZW5lc3Nfc2Vjb25kcxgDIAEoA0gAiAEBEiUKCGZlYXR1cmVzGAQgAygLMhMuZnN0b3JlLkFnZ3JlZ2F0aW9uEhMKC2Rlc2NyaXB0aW9uGAUgASgJQhsKGV9hbGxvd2VkX2xhdGVuZXNzX3NlY29uZHMqdQoTQWdncmVnYXRpb25GdW5jdGlvbhIkCiBBR0dSRUdBVElPTl9GVU5DVElPTl9VTlNQRUNJRklFRBAAEgkKBUNPVU5UEAESBwoDU1VNEAISCAoETUVBThADEgcKA01JThAEEgcKA01BWBAFEggKBExBU1QQBjpQCgZlbnRpdHkSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYopADIAEoCzIVLmZzdG9yZS5FbnRpdHlPcHRpb25zUgZlbnRpdHk6YAoMYWdncmVnYXRpb25zEh8uZ29vZ2xlLnByb3RvYnVmLk1lc3NhZ2VPcHRpb25zGKOQAyABKAsyGS5mc3RvcmUuQWdncmVnYXRpb25GYW1pbHlSDGFnZ3JlZ2F0aW9uczpLCgVmaWVsZBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYopADIAEoCzIULmZzdG9yZS5GaWVsZE9wdGlvbnNSBWZpZWxkQkUKCmRldi5mc3RvcmVQAVo1Z2l0aHViLmNvbS9mc3RvcmUtZGV2L2ZzdG9yZS9jbGllbnRzL2dvL2ZzdG9yZTtmc3RvcmViBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * Entity-level facts, set with `option (fstore.entity) = {...}` on a message.
@@ -102,14 +102,163 @@ export const FieldOptionsSchema: GenMessage<FieldOptions> = /*@__PURE__*/
   messageDesc(file_fstore_options, 1);
 
 /**
+ * @generated from message fstore.Aggregation
+ */
+export type Aggregation = Message<"fstore.Aggregation"> & {
+  /**
+   * Feature name, unique within its family, e.g. "amount_sum_7d".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: fstore.AggregationFunction function = 2;
+   */
+  function: AggregationFunction;
+
+  /**
+   * The event field aggregated; empty for COUNT.
+   *
+   * @generated from field: string field = 3;
+   */
+  field: string;
+
+  /**
+   * "5m", "1h", "7d" (1 minute to 90 days) or "lifetime".
+   *
+   * @generated from field: string window = 4;
+   */
+  window: string;
+
+  /**
+   * What the value means, for the generated docs and the catalog.
+   *
+   * @generated from field: string description = 5;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message fstore.Aggregation.
+ * Use `create(AggregationSchema)` to create a new message.
+ */
+export const AggregationSchema: GenMessage<Aggregation> = /*@__PURE__*/
+  messageDesc(file_fstore_options, 2);
+
+/**
+ * Sliding-window aggregates of an entity's events, grouped by one of its fields (docs/aggregations.md).
+ * Not part of the entity's fingerprint: a family can change without producers being rebuilt.
+ *
+ * @generated from message fstore.AggregationFamily
+ */
+export type AggregationFamily = Message<"fstore.AggregationFamily"> & {
+  /**
+   * Read like an entity: "<name>:<feature>", e.g. "user_orders".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The event field to group by (int64 or string), e.g. "user_id".
+   *
+   * @generated from field: string group_by = 2;
+   */
+  groupBy: string;
+
+  /**
+   * Streamed events later than this (ingest time - event time) are kept offline but aggregated nowhere.
+   *
+   * default 3600
+   *
+   * @generated from field: optional int64 allowed_lateness_seconds = 3;
+   */
+  allowedLatenessSeconds?: bigint | undefined;
+
+  /**
+   * @generated from field: repeated fstore.Aggregation features = 4;
+   */
+  features: Aggregation[];
+
+  /**
+   * @generated from field: string description = 5;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message fstore.AggregationFamily.
+ * Use `create(AggregationFamilySchema)` to create a new message.
+ */
+export const AggregationFamilySchema: GenMessage<AggregationFamily> = /*@__PURE__*/
+  messageDesc(file_fstore_options, 3);
+
+/**
+ * What an aggregation computes over its window (docs/aggregations.md).
+ *
+ * @generated from enum fstore.AggregationFunction
+ */
+export enum AggregationFunction {
+  /**
+   * @generated from enum value: AGGREGATION_FUNCTION_UNSPECIFIED = 0;
+   */
+  AGGREGATION_FUNCTION_UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: COUNT = 1;
+   */
+  COUNT = 1,
+
+  /**
+   * @generated from enum value: SUM = 2;
+   */
+  SUM = 2,
+
+  /**
+   * @generated from enum value: MEAN = 3;
+   */
+  MEAN = 3,
+
+  /**
+   * @generated from enum value: MIN = 4;
+   */
+  MIN = 4,
+
+  /**
+   * @generated from enum value: MAX = 5;
+   */
+  MAX = 5,
+
+  /**
+   * The value of the latest event (by event time, then ingest time, then message id).
+   *
+   * @generated from enum value: LAST = 6;
+   */
+  LAST = 6,
+}
+
+/**
+ * Describes the enum fstore.AggregationFunction.
+ */
+export const AggregationFunctionSchema: GenEnum<AggregationFunction> = /*@__PURE__*/
+  enumDesc(file_fstore_options, 0);
+
+/**
  * @generated from extension: fstore.EntityOptions entity = 51234;
  */
 export const entity: GenExtension<MessageOptions, EntityOptions> = /*@__PURE__*/
   extDesc(file_fstore_options, 0);
 
 /**
+ * @generated from extension: fstore.AggregationFamily aggregations = 51235;
+ */
+export const aggregations: GenExtension<MessageOptions, AggregationFamily> = /*@__PURE__*/
+  extDesc(file_fstore_options, 1);
+
+/**
  * @generated from extension: fstore.FieldOptions field = 51234;
  */
 export const field: GenExtension<FieldOptions$1, FieldOptions> = /*@__PURE__*/
-  extDesc(file_fstore_options, 1);
+  extDesc(file_fstore_options, 2);
 

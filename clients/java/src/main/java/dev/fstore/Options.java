@@ -20,6 +20,7 @@ public final class Options extends com.google.protobuf.GeneratedFile {
   public static void registerAllExtensions(
       com.google.protobuf.ExtensionRegistryLite registry) {
     registry.add(dev.fstore.Options.entity);
+    registry.add(dev.fstore.Options.aggregations);
     registry.add(dev.fstore.Options.field);
   }
 
@@ -39,6 +40,17 @@ public final class Options extends com.google.protobuf.GeneratedFile {
           .newFileScopedGeneratedExtension(
         dev.fstore.EntityOptions.class,
         dev.fstore.EntityOptions.getDefaultInstance());
+  public static final int AGGREGATIONS_FIELD_NUMBER = 51235;
+  /**
+   * <code>extend .google.protobuf.MessageOptions { ... }</code>
+   */
+  public static final
+    com.google.protobuf.GeneratedMessage.GeneratedExtension<
+      com.google.protobuf.DescriptorProtos.MessageOptions,
+      dev.fstore.AggregationFamily> aggregations = com.google.protobuf.GeneratedMessage
+          .newFileScopedGeneratedExtension(
+        dev.fstore.AggregationFamily.class,
+        dev.fstore.AggregationFamily.getDefaultInstance());
   public static final int FIELD_FIELD_NUMBER = 51234;
   /**
    * <code>extend .google.protobuf.FieldOptions { ... }</code>
@@ -60,6 +72,16 @@ public final class Options extends com.google.protobuf.GeneratedFile {
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_fstore_FieldOptions_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_fstore_Aggregation_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_fstore_Aggregation_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_fstore_AggregationFamily_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_fstore_AggregationFamily_fieldAccessorTable;
 
   public static com.google.protobuf.Descriptors.FileDescriptor
       getDescriptor() {
@@ -75,12 +97,25 @@ public final class Options extends com.google.protobuf.GeneratedFile {
       "\001(\003\022\r\n\005owner\030\003 \001(\t\022\023\n\013description\030\004 \001(\t\"" +
       "Q\n\014FieldOptions\022\013\n\003key\030\001 \001(\010\022\022\n\nevent_ti" +
       "me\030\002 \001(\010\022\023\n\013description\030\003 \001(\t\022\013\n\003pii\030\004 \001" +
-      "(\010:H\n\006entity\022\037.google.protobuf.MessageOp" +
-      "tions\030\242\220\003 \001(\0132\025.fstore.EntityOptions:D\n\005" +
-      "field\022\035.google.protobuf.FieldOptions\030\242\220\003" +
-      " \001(\0132\024.fstore.FieldOptionsBE\n\ndev.fstore" +
-      "P\001Z5github.com/fstore-dev/fstore/clients" +
-      "/go/fstore;fstoreb\006proto3"
+      "(\010\"~\n\013Aggregation\022\014\n\004name\030\001 \001(\t\022-\n\010funct" +
+      "ion\030\002 \001(\0162\033.fstore.AggregationFunction\022\r" +
+      "\n\005field\030\003 \001(\t\022\016\n\006window\030\004 \001(\t\022\023\n\013descrip" +
+      "tion\030\005 \001(\t\"\263\001\n\021AggregationFamily\022\014\n\004name" +
+      "\030\001 \001(\t\022\020\n\010group_by\030\002 \001(\t\022%\n\030allowed_late" +
+      "ness_seconds\030\003 \001(\003H\000\210\001\001\022%\n\010features\030\004 \003(" +
+      "\0132\023.fstore.Aggregation\022\023\n\013description\030\005 " +
+      "\001(\tB\033\n\031_allowed_lateness_seconds*u\n\023Aggr" +
+      "egationFunction\022$\n AGGREGATION_FUNCTION_" +
+      "UNSPECIFIED\020\000\022\t\n\005COUNT\020\001\022\007\n\003SUM\020\002\022\010\n\004MEA" +
+      "N\020\003\022\007\n\003MIN\020\004\022\007\n\003MAX\020\005\022\010\n\004LAST\020\006:H\n\006entit" +
+      "y\022\037.google.protobuf.MessageOptions\030\242\220\003 \001" +
+      "(\0132\025.fstore.EntityOptions:R\n\014aggregation" +
+      "s\022\037.google.protobuf.MessageOptions\030\243\220\003 \001" +
+      "(\0132\031.fstore.AggregationFamily:D\n\005field\022\035" +
+      ".google.protobuf.FieldOptions\030\242\220\003 \001(\0132\024." +
+      "fstore.FieldOptionsBE\n\ndev.fstoreP\001Z5git" +
+      "hub.com/fstore-dev/fstore/clients/go/fst" +
+      "ore;fstoreb\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -99,8 +134,21 @@ public final class Options extends com.google.protobuf.GeneratedFile {
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_fstore_FieldOptions_descriptor,
         new java.lang.String[] { "Key", "EventTime", "Description", "Pii", });
+    internal_static_fstore_Aggregation_descriptor =
+      getDescriptor().getMessageType(2);
+    internal_static_fstore_Aggregation_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_fstore_Aggregation_descriptor,
+        new java.lang.String[] { "Name", "Function", "Field", "Window", "Description", });
+    internal_static_fstore_AggregationFamily_descriptor =
+      getDescriptor().getMessageType(3);
+    internal_static_fstore_AggregationFamily_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_fstore_AggregationFamily_descriptor,
+        new java.lang.String[] { "Name", "GroupBy", "AllowedLatenessSeconds", "Features", "Description", });
     entity.internalInit(descriptor.getExtension(0));
-    field.internalInit(descriptor.getExtension(1));
+    aggregations.internalInit(descriptor.getExtension(1));
+    field.internalInit(descriptor.getExtension(2));
     descriptor.resolveAllFeaturesImmutable();
     com.google.protobuf.DescriptorProtos.getDescriptor();
   }
