@@ -3,7 +3,7 @@
 For each spine row (key k, time t) and each feature of one family, the aggregate over the source entity's
 events of key k that are accepted (no later than the allowed lateness, or backfilled), known at t (ingest
 time, or event time for a backfilled row, <= t) and whose event-time tile lies in the W/T tiles ending with
-t's tile. Backfilled rows are the ones whose message id the backfill derived (`backfill:…`, `parquet:…`).
+t's tile. Backfilled rows are the ones whose message id the backfill derived (`backfill:…`).
 The history read is already one row per message id. Output: one row per spine row that has any candidate
 event, keyed by the spine's row number; the export left-joins it and fills COUNT and SUM with 0.
 """
@@ -17,7 +17,7 @@ from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
 from fstore.store.offline.export import quote
 from fstore.store.offline.spine import ROW_COLUMN
 
-BACKFILL_ID_PREFIXES = ("backfill:", "parquet:")
+BACKFILL_ID_PREFIXES = ("backfill:",)  # ingest/sources.py and ingest/parquet.py derive them
 _SQL_TYPES = {"int32": "INTEGER", "int64": "BIGINT", "uint32": "UINTEGER", "uint64": "UBIGINT", "float": "FLOAT",
               "double": "DOUBLE", "bool": "BOOLEAN", "string": "VARCHAR", "bytes": "BLOB"}  # fmt: skip
 
