@@ -21,7 +21,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from fstore.errors import SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
+from fstore.errors import FstoreError, SchemaError, UnknownEntityError, UnknownFeatureError, UnknownVersionError
 from fstore.schema.aggregations import FamilySpec, family_spec, family_violations
 
 log = logging.getLogger("fstore.schema")
@@ -278,7 +278,22 @@ class Registry:
         try:
             return self._specs[entity]
         except KeyError:
+            if entity in self._families:
+                raise FamilyNotServedError(entity) from None
             raise UnknownEntityError(entity, self.entities()) from None
+
+
+class FamilyNotServedError(UnknownEntityError):
+    """A read of an aggregation family where only entities are served yet (online reads of families are
+    not built: docs/aggregations.md)."""
+
+    def __init__(self, family: str) -> None:
+        FstoreError.__init__(
+            self,
+            f"{family!r} is an aggregation family: `fstore export` computes its features (e.g. {family}:*); "
+            "online reads of aggregation families are not built yet (docs/aggregations.md)",
+        )
+        self.entity = family
 
 
 @functools.lru_cache(maxsize=8)

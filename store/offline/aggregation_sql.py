@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from fstore.schema.aggregations import AggregationSpec, FamilySpec
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
-from fstore.store.offline.export import quote
+from fstore.store.offline.export import AggregationJoin, quote
 from fstore.store.offline.spine import ROW_COLUMN
+from fstore.store.offline.sql import timestamp_literal
 
 BACKFILL_ID_PREFIXES = ("backfill:",)  # ingest/sources.py and ingest/parquet.py derive them
 _SQL_TYPES = {"int32": "INTEGER", "int64": "BIGINT", "uint32": "UINTEGER", "uint64": "UBIGINT", "float": "FLOAT",
@@ -57,7 +58,27 @@ def _aggregate(feature: AggregationSpec, event_us: str, t_us: str) -> str:
         order = f"{{'t': {event_us}, 'i': e.{INGEST_TIME}, 'm': e.{MESSAGE_ID}}}"
         return f"arg_max({value}, {order}) FILTER (WHERE {present})"
     function = {"sum": "sum", "mean": "avg", "min": "min", "max": "max"}[feature.function]
-    return f"{function}({value}) FILTER (WHERE {present})"
+    # Floating-point sums depend on the order of the terms, and DuckDB's threads vary it: summing in event
+    # order keeps a rerun (`--reproduce`) byte for byte the same.
+    order = f" ORDER BY {event_us}, e.{MESSAGE_ID}" if function in ("sum", "avg") else ""
+    return f"{function}({value}{order}) FILTER (WHERE {present})"
+
+
+def aggregation_history_filters(join: AggregationJoin, bounds: tuple[int, int] | None) -> list[str]:
+    """What the aggregation of one family may read of its source table: nothing past the high-water mark,
+    and (for pruning) no event time outside the spine's range widened by the widest window and its tile."""
+    if join.high_water_mark is None or bounds is None:
+        return ["FALSE"]
+    time = quote(join.family.source.event_time.name)
+    widest_tile = max(f.tile or 0 for f in join.features)
+    filters = [
+        f"{INGEST_TIME} <= {timestamp_literal(join.high_water_mark, 'duckdb')}",
+        f"{time} < {timestamp_literal(bounds[1] + widest_tile, 'duckdb')}",
+    ]
+    if all(f.window is not None for f in join.features):
+        widest = max(f.window or 0 for f in join.features)
+        filters.append(f"{time} > {timestamp_literal(bounds[0] - widest - widest_tile, 'duckdb')}")
+    return filters
 
 
 def duckdb_aggregation_sql(

@@ -33,6 +33,7 @@ from fstore.schema.registry import EntitySpec, Registry
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, arrow_schema
 from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline import segments
+from fstore.store.offline.aggregation_sql import aggregation_history_filters, duckdb_aggregation_sql
 from fstore.store.offline.base import Compaction, CompactionResult, LedgerEntry, OfflineStore
 from fstore.store.offline.compaction import CompactionPolicy, Compactor, escape, partitions_to_fold
 from fstore.store.offline.export import check_output, finish_export, plan_export, quote
@@ -265,7 +266,18 @@ class DuckDBOfflineStore(OfflineStore):
                 histories[j.spec.table_name] = duckdb_export_source(
                     j, sources.clean, sources.mixed, filters, empty, sources.journal
                 )
-            sql = duckdb_export_sql(plan, SPINE_VIEW, histories)
+            aggregations = []
+            for a in plan.aggregations:
+                source = a.family.source
+                sources = _sources(con, self.root / source.table_name)
+                empty = self._register_empty(con, source)
+                filters = aggregation_history_filters(a, plan.spine.time_bounds)
+                history = duckdb_history(sources.clean, sources.mixed, filters, empty, sources.journal)
+                spine_rows = f"SELECT * FROM {SPINE_VIEW}"
+                aggregations.append(
+                    duckdb_aggregation_sql(a.family, a.features, a.columns, spine_rows, history, plan.timestamp_column)
+                )
+            sql = duckdb_export_sql(plan, SPINE_VIEW, histories, aggregations)
             copy = f"COPY ({sql}) TO '{escape(str(tmp))}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
             execute_with_progress(con, copy, plan.spine.rows, options.progress and sys.stderr.isatty())
             return sql

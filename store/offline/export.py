@@ -10,6 +10,7 @@ per table when the export started), so the manifest describes exactly what was r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import duckdb
 
 import fstore
 from fstore.errors import FstoreError
+from fstore.schema.aggregations import AggregationSpec, FamilySpec
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 from fstore.store.events import utc_from_micros
 from fstore.store.offline.manifest import ExportOptions, Manifest, ManifestEntity, ManifestOutput
@@ -51,11 +53,23 @@ class EntityJoin:
 
 
 @dataclass(frozen=True)
+class AggregationJoin:
+    """One aggregation family computed for the spine (docs/aggregations.md): its features, their output
+    columns, and the high-water mark of its source entity's table."""
+
+    family: FamilySpec
+    features: tuple[AggregationSpec, ...]
+    columns: tuple[str, ...]
+    high_water_mark: int | None
+
+
+@dataclass(frozen=True)
 class ExportPlan:
     spine: Spine
     joins: tuple[EntityJoin, ...]
     feature_refs: tuple[str, ...]
     column_format: str
+    aggregations: tuple[AggregationJoin, ...] = ()
 
     @property
     def timestamp_column(self) -> str:
@@ -87,10 +101,13 @@ def resolve_features(
         raise ExportError("no features requested; name some, e.g. user:age or user:*")
     chosen: dict[str, list[FieldSpec]] = {}
     specs: dict[str, EntitySpec] = {}
+    families = set(registry.families())
     for ref in features:
         entity, sep, name = ref.strip().partition(":")
         if not sep or not entity or not name:
             raise ExportError(f"feature {ref!r} must look like entity:feature or entity:*")
+        if entity in families:
+            continue  # resolve_aggregations
         if entity not in specs:
             specs[entity] = registry.get(entity, (versions or {}).get(entity))
             chosen[entity] = []
@@ -102,6 +119,24 @@ def resolve_features(
     if unused:
         raise ExportError(f"--version given for {', '.join(sorted(unused))}, but no feature of it is requested")
     return [(specs[e], tuple(fs)) for e, fs in chosen.items()]
+
+
+def resolve_aggregations(
+    registry: Registry, features: Sequence[str]
+) -> list[tuple[FamilySpec, tuple[AggregationSpec, ...]]]:
+    """`user_orders:amount_sum_7d`, `user_orders:*`: the features of aggregation families, grouped by family
+    in order of first mention."""
+    chosen: dict[str, list[AggregationSpec]] = {}
+    for ref in features:
+        name, _, feature = ref.strip().partition(":")
+        if name not in registry.families():
+            continue
+        family = registry.family(name)
+        picked = chosen.setdefault(name, [])
+        for f in family.features if feature == "*" else (family.feature(feature),):
+            if f not in picked:
+                picked.append(f)
+    return [(registry.family(n), tuple(fs)) for n, fs in chosen.items()]
 
 
 def plan_export(
@@ -127,30 +162,66 @@ def plan_export(
         raise ExportError("no spine given")
     if features is None:
         raise ExportError("no features requested; name some, e.g. user:age or user:*")
-    resolved = resolve_features(registry, features, versions)
+    if isinstance(features, str):
+        features = [f for f in features.split(",") if f.strip()]
+    resolved = resolve_features(registry, features, versions) if _entity_refs(registry, features) else []
+    families = resolve_aggregations(registry, features)
+    if not resolved and not families:
+        raise ExportError("no features requested; name some, e.g. user:age or user:*")
     column_format = column_format or DEFAULT_COLUMN_FORMAT
-    loaded = load_spine(spine, timestamp_column or DEFAULT_TIMESTAMP_COLUMN, [spec for spec, _ in resolved])
+    keyed = [spec for spec, _ in resolved] + [_keyed_by_group(family) for family, _ in families]
+    loaded = load_spine(spine, timestamp_column or DEFAULT_TIMESTAMP_COLUMN, keyed)
     if manifest is not None:
         _check_same_inputs(manifest, loaded, resolved)
+        _check_same_definitions(manifest, families)
     taken = set(loaded.columns)
     joins = []
     for spec, fields in resolved:
         columns = []
         for f in fields:
-            try:
-                name = column_format.format(entity=spec.name, feature=f.name, version=spec.version)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ExportError(
-                    f"column format {column_format!r} is invalid ({exc}); use {{entity}}, {{feature}}, {{version}}"
-                ) from None
+            name = _column(column_format, spec.name, f.name, spec.version)
             if name in taken or name == ROW_COLUMN:
                 raise ExportError(f"output column {name!r} (of {spec.name}:{f.name}) clashes with another column")
             taken.add(name)
             columns.append(name)
         mark = marks[spec.table_name] if manifest is not None else high_water_mark(spec)
         joins.append(EntityJoin(spec, fields, tuple(columns), mark))
+    aggregations = []
+    for family, chosen in families:
+        columns = []
+        for feature in chosen:
+            name = _column(column_format, family.name, feature.name, family.source.version)
+            if name in taken or name == ROW_COLUMN:
+                raise ExportError(
+                    f"output column {name!r} (of {family.name}:{feature.name}) clashes with another column"
+                )
+            taken.add(name)
+            columns.append(name)
+        source = family.source
+        mark = marks[source.table_name] if manifest is not None else high_water_mark(source)
+        aggregations.append(AggregationJoin(family, chosen, tuple(columns), mark))
     refs = tuple(f"{spec.name}:{f.name}" for spec, fields in resolved for f in fields)
-    return ExportPlan(loaded, tuple(joins), refs, column_format)
+    refs += tuple(f"{family.name}:{f.name}" for family, chosen in families for f in chosen)
+    return ExportPlan(loaded, tuple(joins), refs, column_format, tuple(aggregations))
+
+
+def _entity_refs(registry: Registry, features: Sequence[str]) -> list[str]:
+    families = set(registry.families())
+    return [r for r in features if r.strip().partition(":")[0] not in families]
+
+
+def _keyed_by_group(family: FamilySpec) -> EntitySpec:
+    """The spine is checked for a family's group-by column as for an entity's key."""
+    return dataclasses.replace(family.source, name=family.name, key=family.group_by)
+
+
+def _column(column_format: str, entity: str, feature: str, version: int) -> str:
+    try:
+        return column_format.format(entity=entity, feature=feature, version=version)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ExportError(
+            f"column format {column_format!r} is invalid ({exc}); use {{entity}}, {{feature}}, {{version}}"
+        ) from None
 
 
 def check_output(out: Path, plan: ExportPlan) -> None:
@@ -192,9 +263,27 @@ def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> Manife
             }
             for j in plan.joins
         ],
+        "aggregations": [
+            {
+                "family": a.family.name,
+                "entity": a.family.source.name,
+                "version": a.family.source.version,
+                "table": a.family.source.table_name,
+                "group_by": a.family.group_by.name,
+                "allowed_lateness_seconds": a.family.allowed_lateness // 1_000_000,
+                "features": {f.name: definition(f) for f in a.features},
+                "high_water_mark_micros": a.high_water_mark,
+                "high_water_mark": None
+                if a.high_water_mark is None
+                else utc_from_micros(a.high_water_mark).isoformat(),
+            }
+            for a in plan.aggregations
+        ],
         "spine": {"path": plan.spine.source, "rows": plan.spine.rows, "sha256": plan.spine.sha256},
         "sql": sql,
-        "output": output_stats(out, [c for j in plan.joins for c in j.columns]),
+        "output": output_stats(
+            out, [c for j in plan.joins for c in j.columns] + [c for a in plan.aggregations for c in a.columns]
+        ),
     }
     path = manifest_path(out)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -250,6 +339,16 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def definition(feature: AggregationSpec) -> dict[str, str | int | None]:
+    """How an aggregation feature is computed, as the manifest records it."""
+    return {
+        "function": feature.function,
+        "field": feature.field.name if feature.field else None,
+        "window": feature.window_text,
+        "tile_seconds": None if feature.tile is None else feature.tile // 1_000_000,
+    }
+
+
 def _from_manifest(
     manifest: Manifest, features: Sequence[str] | None, versions: Mapping[str, int] | None
 ) -> tuple[list[str], dict[str, int], str, str, dict[str, int | None]]:
@@ -258,6 +357,7 @@ def _from_manifest(
         refs = list(manifest["features"])
         pinned = {e["entity"]: int(e["version"]) for e in entities}
         marks = {e["table"]: e["high_water_mark_micros"] for e in entities}
+        marks |= {a["table"]: a["high_water_mark_micros"] for a in manifest.get("aggregations", [])}
         timestamp_column, column_format = manifest["timestamp_column"], manifest["column_format"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportError(f"the manifest is missing or has a malformed {exc}") from None
@@ -279,6 +379,20 @@ def _check_same_inputs(
     recorded = {e["entity"]: e for e in manifest["entities"]}
     for spec, fields in resolved:
         _check_same_schema(spec, fields, recorded[spec.name])
+
+
+def _check_same_definitions(manifest: Manifest, families: list[tuple[FamilySpec, tuple[AggregationSpec, ...]]]) -> None:
+    """An aggregation is rebuilt only with the definition it was computed with."""
+    recorded = {a["family"]: a for a in manifest.get("aggregations", [])}
+    for family, features in families:
+        was = recorded.get(family.name)
+        now = {f.name: definition(f) for f in features}
+        lateness = family.allowed_lateness // 1_000_000
+        if was is None or was["features"] != now or was["allowed_lateness_seconds"] != lateness:
+            raise ExportError(
+                f"aggregation family {family.name}'s definition changed since the manifest was written "
+                f"(recorded {was['features'] if was else None}, now {now}), so the export cannot be reproduced"
+            )
 
 
 def _check_same_schema(spec: EntitySpec, fields: tuple[FieldSpec, ...], recorded: ManifestEntity) -> None:

@@ -28,6 +28,19 @@ class ManifestEntity(TypedDict):
     high_water_mark: str | None
 
 
+class ManifestAggregation(TypedDict):
+    family: str
+    entity: str  # the source entity version its events come from
+    version: int
+    table: str
+    group_by: str
+    allowed_lateness_seconds: int
+    # name -> {function, field, window, tile_seconds}: the definition the values were computed with
+    features: dict[str, dict[str, str | int | None]]
+    high_water_mark_micros: int | None
+    high_water_mark: str | None
+
+
 class ManifestSpine(TypedDict):
     path: str | None  # None: an in-memory table
     rows: int
@@ -54,6 +67,7 @@ class Manifest(TypedDict):
     timestamp_column: str
     column_format: str
     entities: list[ManifestEntity]
+    aggregations: NotRequired[list[ManifestAggregation]]
     spine: ManifestSpine
     sql: str
     output: ManifestOutput

@@ -120,10 +120,14 @@ def duckdb_export_source(
     return "\n  UNION ALL BY NAME\n  ".join(parts)
 
 
-def duckdb_export_sql(plan: ExportPlan, spine_view: str, histories: dict[str, str]) -> str:
-    """`histories`: table name -> its `duckdb_export_source` query (one row per key and event time)."""
+def duckdb_export_sql(
+    plan: ExportPlan, spine_view: str, histories: dict[str, str], aggregations: Sequence[str] = ()
+) -> str:
+    """`histories`: table name -> its `duckdb_export_source` query (one row per key and event time);
+    `aggregations`: per `plan.aggregations`, its `duckdb_aggregation_sql` (one row per spine row)."""
     ts = f"CAST(s.{quote(plan.timestamp_column)} AS TIMESTAMPTZ)"
     ctes = [f"{quote(j.spec.table_name)} AS (\n  {histories[j.spec.table_name]}\n)" for j in plan.joins]
+    ctes += [f"__agg{n} AS ({sql}\n)" for n, sql in enumerate(aggregations)]
     select = [f"s.{quote(c)}" for c in plan.spine.columns]
     joins = []
     for n, j in enumerate(plan.joins):
@@ -144,6 +148,12 @@ def duckdb_export_sql(plan: ExportPlan, spine_view: str, histories: dict[str, st
             f"ASOF LEFT JOIN (SELECT {columns} FROM {quote(j.spec.table_name)}) AS {alias}\n"
             f"  ON CAST(s.{quote(key)} AS {key_type}) = {alias}.{quote(key)} AND {ts} >= {alias}.{quote(time)}"
         )
+    for n, a in enumerate(plan.aggregations):
+        for feature, column in zip(a.features, a.columns, strict=True):
+            value = f"a{n}.{quote(column)}"  # no counting event: COUNT and SUM are 0, the others null
+            zero = feature.function in ("count", "sum")
+            select.append(f"coalesce({value}, 0) AS {quote(column)}" if zero else value)
+        joins.append(f"LEFT JOIN __agg{n} AS a{n} ON a{n}.{ROW_COLUMN} = s.{ROW_COLUMN}")
     return (
         "WITH " + ",\n".join(ctes) + "\n"
         "SELECT " + ",\n  ".join(select) + "\n"

@@ -3,6 +3,7 @@ over random histories with late, backfilled and boundary events."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
@@ -118,3 +119,62 @@ def test_the_sql_equals_the_definition(seed: int) -> None:
                 assert math.isclose(value, want, rel_tol=1e-9, abs_tol=1e-9), (feature.name, row, value, want)
             else:
                 assert value == want, (feature.name, key, t, value, want)
+
+
+def test_fstore_export_computes_aggregation_features_and_reproduces_them(tmp_path: Any) -> None:
+    """Through the embedded store: `user_orders:*` beside a plain feature, with the definition's answer, the
+    definition in the manifest, and `--reproduce` byte for byte after more orders arrive."""
+    from fstore.schema.tables import arrow_schema
+    from fstore.store.offline.duckdb import DuckDBOfflineStore
+    from fstore.store.offline.export import ExportError, manifest_path
+    from fstore.store.offline.manifest import ExportOptions
+
+    registry = Registry.default()
+    order, family = registry.get("order"), registry.family("user_orders")
+    rng = random.Random(7)
+    events = random_events(rng, 2_000)
+    store = DuckDBOfflineStore(tmp_path / "offline", registry, threads=2)
+    table = history_table(events)
+    store.write(order, table.select(arrow_schema(order).names).cast(arrow_schema(order)))
+    times = [T0 + rng.randrange(0, 42 * 24 * HOUR) for _ in range(400)]
+    spine = pa.table(
+        {
+            "user_id": pa.array([rng.randint(1, 6) for _ in times], pa.int64()),
+            "event_timestamp": pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        }
+    )
+    pq_path = tmp_path / "spine.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(spine, pq_path)
+    out = tmp_path / "train.parquet"
+    manifest = store.export_training_set(str(pq_path), ["user:age", "user_orders:*"], out)
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 400 and all(r["user__age"] is None for r in rows)
+    for row, t in zip(rows, times, strict=True):
+        for feature in family.features:
+            want = brute_force(family, feature, events, row["user_id"], t)
+            got = row[f"user_orders__{feature.name}"]
+            if isinstance(want, float) and got is not None:
+                assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (feature.name, got, want)
+            else:
+                assert got == want, (feature.name, row, want)
+    (recorded,) = manifest["aggregations"]
+    assert recorded["family"] == "user_orders" and recorded["allowed_lateness_seconds"] == 3600
+    assert recorded["features"]["amount_sum_7d"] == {"function": "sum", "field": "amount", "window": "7d",
+                                                     "tile_seconds": 3600}  # fmt: skip
+
+    more = random_events(random.Random(8), 500)  # later ingests: not read again by --reproduce
+    for e in more:
+        e["ingest_us"] += 60 * 24 * HOUR
+        e["message_id"] = "late-" + e["message_id"]
+    store.write(order, history_table(more).select(arrow_schema(order).names).cast(arrow_schema(order)))
+    again = tmp_path / "again.parquet"
+    store.export_training_set(None, None, again, ExportOptions(reproduce=manifest_path(out)))
+    assert again.read_bytes() == out.read_bytes()
+
+    changed = json.loads(manifest_path(out).read_text())
+    changed["aggregations"][0]["features"]["amount_sum_7d"]["window"] = "14d"
+    with pytest.raises(ExportError, match="user_orders's definition changed"):
+        store.export_training_set(None, None, tmp_path / "x.parquet", ExportOptions(reproduce=changed))
+    store.close()
