@@ -96,7 +96,8 @@ def family_section(family: FamilySpec) -> list[str]:
         "",
         f"{_cell(family.description)} Grouped by `{family.group_by.name}`; events later than "
         f"{family.allowed_lateness // 1_000_000} s are in no aggregate. Window semantics: "
-        "[docs/aggregations.md](../../aggregations.md) (designed; not computed yet).",
+        "[docs/aggregations.md](../../aggregations.md) (`fstore export` computes them; online reads are not "
+        "built yet).",
         "",
         "| Feature | Function | Field | Window | Tile | Description |",
         "|---|---|---|---|---|---|",
