@@ -22,6 +22,7 @@ from fstore.settings import Settings
 from fstore.store.events import DeadLetter
 from fstore.store.offline import OfflineStore, open_offline_store
 from fstore.store.online import OnlineStore, open_online_store
+from fstore.store.online.tiles import TileStore
 
 log = logging.getLogger("fstore.ingest")
 
@@ -34,6 +35,7 @@ class Resources:
         self._lock = threading.Lock()
         self._online: OnlineStore | None = None
         self._offline: OfflineStore | None = None
+        self._tiles: TileStore | None = None
         self._publisher: Any = None
 
     def reload_registry(self) -> bool:
@@ -72,6 +74,15 @@ class Resources:
             if self._online is None:
                 self._online = open_online_store(self.settings, self.registry)
             return self._online
+
+    @property
+    def tiles(self) -> TileStore:
+        """Aggregation families' tiles, in the online store's Redis."""
+        online = self.online
+        with self._lock:
+            if self._tiles is None:
+                self._tiles = TileStore.beside(online)
+            return self._tiles
 
     @property
     def offline(self) -> OfflineStore:

@@ -37,6 +37,7 @@ from fstore.ingest.retry import until_stored
 from fstore.settings import Settings
 from fstore.store.events import DeadLetter, event_times_micros
 from fstore.store.offline.schema import messages_to_table
+from fstore.store.online.tiles import tile_events
 
 log = logging.getLogger("fstore.ingest")
 DEAD_LETTERS = "dead_letters"
@@ -93,6 +94,8 @@ class StoreWriter:
         self.online_stale = Metrics.counter(NAMESPACE, "online_stale")
         self.online_expired = Metrics.counter(NAMESPACE, "online_expired")
         self.online_failed = Metrics.counter(NAMESPACE, "online_failed")
+        self.tiles_applied = Metrics.counter(NAMESPACE, "aggregation_events_applied")
+        self.tiles_too_late = Metrics.counter(NAMESPACE, "aggregation_too_late")
         self.lag = Metrics.distribution(NAMESPACE, "freshness_lag_ms")
 
     def add(self, event: Event) -> None:
@@ -108,6 +111,8 @@ class StoreWriter:
             ingest, ids = [e.ingest_micros for e in events], [e.message_id for e in events]
             self.store_offline(spec, messages_to_table(spec, messages, ingest, ids))
             self.store_online(spec, messages, [e.publish_micros for e in events])
+            for family in self.res.registry.families_of(spec):
+                self.store_tiles(family, events)
             self._record_lag(spec, messages)
         PROGRESS.add(written=self.buffered)
         self.buffer = defaultdict(list)
@@ -129,6 +134,13 @@ class StoreWriter:
             log.warning("online write of %s: Redis refused %d row(s) for good (%s); they are in the offline "
                         "history, and `fstore materialize` rewrites them once the key is fixed", spec.ref,
                         result.failed, result.failure)  # fmt: skip
+
+    def store_tiles(self, family: Any, events: list[Event]) -> None:
+        """Aggregation families after the entity's own rows: offline first, as everywhere."""
+        batch = tile_events(family, events)
+        applied, late = until_stored(lambda: self.res.tiles.apply(family, batch), f"tiles of {family.name}")
+        self.tiles_applied.inc(applied)
+        self.tiles_too_late.inc(late)
 
     def _record_lag(self, spec: Any, messages: list[Any]) -> None:
         now_micros = time.time_ns() // 1_000

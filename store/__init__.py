@@ -3,6 +3,7 @@ delegates to the online store (Redis) and the offline store (DuckDB or BigQuery)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class FeatureStore:
         self._registry = registry
         self._watcher = DescriptorSetWatcher(self.settings.descriptor_set)
         self._online = online
+        self._tiles: Any = None
         self._offline = offline
 
     @classmethod
@@ -76,9 +78,26 @@ class FeatureStore:
         features: Sequence[str] | None = None,
         version: int | None = None,
     ) -> list[Row | None]:
-        """Latest values by event time, in the order of `ids`; None where unknown or expired."""
+        """Latest values by event time, in the order of `ids`; None where unknown or expired. For an
+        aggregation family (docs/aggregations.md), every key has a row: its features at the time of the read."""
+        if entity in self.registry.families():
+            return self._get_aggregates(entity, ids, features)
         spec, fields, checked = self._prepare(entity, ids, features, version)
         return self.online.read(spec, checked, fields)
+
+    def _get_aggregates(self, name: str, ids: Sequence[object], features: Sequence[str] | None) -> list[Row | None]:
+        from fstore.store.online.tiles import TileStore
+
+        family = self.registry.family(name)
+        chosen = [family.feature(f).name for f in features] if features else [f.name for f in family.features]
+        keyed = dataclasses.replace(family.source, name=family.name, key=family.group_by)
+        checked = check_ids(keyed, ids)
+        if self._tiles is None:
+            self._tiles = TileStore.beside(self.online)
+        rows = self._tiles.read(family, checked)
+        return [
+            {family.group_by.name: key, **{f: row[f] for f in chosen}} for key, row in zip(checked, rows, strict=True)
+        ]
 
     async def get_online_async(
         self,
@@ -113,7 +132,7 @@ class FeatureStore:
         return self.offline.export_training_set(spine, features, Path(out), options)
 
     def close(self) -> None:
-        for store in (self._online, self._offline):
+        for store in (self._tiles, self._online, self._offline):
             if store is not None:
                 store.close()
 

@@ -262,6 +262,10 @@ class Registry:
         """Aggregation families (docs/aggregations.md), read like entities: `family:feature`."""
         return sorted(self._families)
 
+    def families_of(self, spec: EntitySpec) -> list[FamilySpec]:
+        """The aggregation families computed from this entity version's events."""
+        return [f for f in self._families.values() if f.source.ref == spec.ref]
+
     def family(self, name: str) -> FamilySpec:
         try:
             return self._families[name]
@@ -284,14 +288,14 @@ class Registry:
 
 
 class FamilyNotServedError(UnknownEntityError):
-    """A read of an aggregation family where only entities are served yet (online reads of families are
-    not built: docs/aggregations.md)."""
+    """An aggregation family asked for where only entities are served (the HTTP API and the CLI, so far:
+    docs/aggregations.md)."""
 
     def __init__(self, family: str) -> None:
         FstoreError.__init__(
             self,
-            f"{family!r} is an aggregation family: `fstore export` computes its features (e.g. {family}:*); "
-            "online reads of aggregation families are not built yet (docs/aggregations.md)",
+            f"{family!r} is an aggregation family: read it with the SDK (fs.get_online({family!r}, ids)) or "
+            f"`fstore export` ({family}:*); the HTTP API and the CLI do not serve families yet",
         )
         self.entity = family
 

@@ -426,3 +426,87 @@ def test_a_full_disk_stalls_the_running_job_and_loses_nothing_offline(
         history = fs.offline.history(spec)
         assert history.num_rows == 501 and len(set(history.column("message_id").to_pylist())) == 501
         assert fs.offline.dead_letters().num_rows == 0 and job.poll() is None
+
+
+def test_aggregation_features_online_equal_the_export_at_the_same_moments(
+    redis_url: str, names: dict[str, str], stream_job: Any, tmp_path: Path
+) -> None:
+    """Parity through the real streaming job: order events (out of order, some later than the allowed
+    lateness, some published twice) in rounds; after each round drains, the online value of every user's
+    `user_orders` features at that moment; then one export of those (user, moment) pairs. Both agree, and
+    equal a brute force of the definition over the stored history."""
+    import math
+
+    import pyarrow as pa
+    import pyarrow.compute
+    import pyarrow.parquet as pq
+
+    from fstore.store.online.tiles import TileStore
+    from tests.offline.test_aggregations import brute_force
+
+    fs = FeatureStore.from_config()
+    order, family = fs.spec("order"), fs.registry.family("user_orders")
+    publisher, topic, job = start_streaming(names, stream_job)
+    rng = random.Random(11)
+    probes: list[tuple[int, int, dict[str, Any]]] = []
+    tiles = TileStore.beside(fs.online)
+    published = 0
+    for round_ in range(4):
+        now = datetime.now(UTC)
+        payloads = []
+        for i in range(60):
+            message = order.message_class(
+                order_id=f"r{round_}-{i}", user_id=rng.randint(1, 8), amount=round(rng.uniform(1, 90), 2),
+                status=rng.choice(["placed", "paid", "shipped"]),
+            )  # fmt: skip
+            late = rng.random() < 0.15  # older than the allowed lateness when it arrives
+            age = timedelta(minutes=rng.uniform(70, 300) if late else rng.uniform(0, 50))
+            message.event_time.FromDatetime(now - age)
+            payloads += [message.SerializeToString()] * (2 if rng.random() < 0.1 else 1)
+        futures = [publisher.publish(topic, p, **routing(order)) for p in payloads]
+        for f in futures:
+            f.result()
+        published += len(payloads)
+        wait_for(lambda n=published: fs.offline.history(order).num_rows == n, 60, f"round {round_} offline")
+        stored = fs.offline.history(order)
+        lateness = pa.compute.subtract(stored.column("ingest_time"), stored.column("event_time"))
+        accepted = sum(1 for d in lateness.to_pylist() if d <= timedelta(hours=1))
+
+        def online_done(n: int = accepted) -> bool:  # the tiles follow the offline rows in the same flush
+            return sum(r["order_count_7d"] for r in tiles.read(family, list(range(1, 9)))) == n
+
+        wait_for(online_done, 30, f"round {round_} online")
+        at = time.time_ns() // 1_000
+        for key, row in zip(range(1, 10), tiles.read(family, list(range(1, 10)), at), strict=True):
+            probes.append((key, at, row))
+    assert job.poll() is None
+    assert fs.get_online("user_orders", [1])[0]["order_count_7d"] == probes[-9][2]["order_count_7d"]
+
+    spine = pa.table({
+        "user_id": pa.array([k for k, _, _ in probes], pa.int64()),
+        "event_timestamp": pa.array([t for _, t, _ in probes], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    pq.write_table(spine, tmp_path / "probes.parquet")
+    out = tmp_path / "train.parquet"
+    fs.export_training_set(str(tmp_path / "probes.parquet"), ["user_orders:*"], out)
+    exported = pq.read_table(out).to_pylist()
+    history = fs.offline.history(order).to_pylist()
+    events = [
+        {"user_id": h["user_id"], "event_us": int(h["event_time"].timestamp() * 1e6),
+         "ingest_us": int(h["ingest_time"].timestamp() * 1e6), "message_id": h["message_id"], "backfilled": False,
+         "amount": h["amount"], "status": h["status"]}
+        for h in history
+    ]  # fmt: skip
+    counted = 0
+    for (key, at, online), row in zip(probes, exported, strict=True):
+        for feature in family.features:
+            offline, truth = row[f"user_orders__{feature.name}"], brute_force(family, feature, events, key, at)
+            for value in (online[feature.name], offline):
+                if isinstance(truth, float) and value is not None:
+                    assert math.isclose(value, truth, rel_tol=1e-9), (feature.name, key, value, truth)
+                else:
+                    assert value == truth, (feature.name, key, at, online[feature.name], offline, truth)
+            counted += truth not in (0, None)
+    assert counted > 100  # the probes saw data, not just empty windows
+    tiles.close()
+    fs.close()

@@ -40,10 +40,10 @@ def brute_force(family: FamilySpec, feature: AggregationSpec, events: list[dict[
     return (min if feature.function == "min" else max)(v for _, v in values)
 
 
-def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
+def random_events(rng: random.Random, n: int, origin: int = T0) -> list[dict[str, Any]]:
     events = []
     for i in range(n):
-        event_us = T0 + rng.randrange(0, 40 * 24 * HOUR, MINUTE // 2) + rng.choice([0, 0, 1, -1])
+        event_us = origin + rng.randrange(0, 40 * 24 * HOUR, MINUTE // 2) + rng.choice([0, 0, 1, -1])
         delay = rng.choice([0, 1_000, MINUTE, 59 * MINUTE, HOUR, HOUR + 1, 3 * HOUR])  # some later than allowed
         backfilled = rng.random() < 0.1
         events.append(
