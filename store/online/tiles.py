@@ -1,15 +1,17 @@
 """Aggregation families online: partial aggregates per (family, key, tile) in Redis (docs/aggregations.md).
 
-Layout: one hash per tile, `fsa:{<family>:<key>}:<tile seconds>:<tile start seconds>` (`...:L` for the
-lifetime state), holding per feature its partial aggregate (`c:` count, `s:` sum, `n:` count of values, `m:`
-min, `M:` max, `l:` last value with `o:` its order) and one `i:<message id>` field per event applied, so a
-redelivered message changes nothing. The hash tag keeps a key's tiles on one cluster slot. A tile expires once
-it has left the widest window that reads it, plus the allowed lateness (lifetime states do not expire).
+Layout, per family, key and tile size: one hash of partial aggregates, `fsa:{<family>:<key>}:<tile seconds>`
+(`...:L` for the lifetime state), whose fields are `<tile start seconds>|<aggregate>` (`c:` count, `s:` sum,
+`n:` count of values, `m:` min, `M:` max, `l:` last value with `ol:` its order); and one hash of the message
+ids applied, `fsi:{...}:<tile seconds>`, fields `<tile start>|<message id>`, so a redelivered message changes
+nothing. A read of one key is one HMGET per tile size (four for a family of 1 h, 7 d, 30 d and lifetime
+windows), of exactly the fields its windows need. The hash tag keeps a key's hashes on one cluster slot.
+Tiles that left the widest window reading them (plus the allowed lateness) are deleted when a new tile is
+started, and a hash expires when its newest tile does; lifetime states never expire.
 
-Writes: one EVALSHA per event (all its tiles), pipelined per batch. Reads: the tiles of each window for the
-request time, one HMGET per tile, pipelined, merged here. Known gaps: MIN/MAX compare as doubles in Lua
-(exact up to 2^53), and a read is the definition's value at the time of the read only (tiles do not keep
-ingest times, so a read "as of" an earlier time cannot leave out events ingested since).
+Writes: one EVALSHA per event (all its tile sizes), pipelined per batch. Known gaps: MIN/MAX compare as
+doubles in Lua (exact up to 2^53), and a read is the definition's value at the time of the read only (tiles
+do not keep ingest times, so a read "as of" an earlier time cannot leave out events ingested since).
 """
 
 from __future__ import annotations
@@ -24,37 +26,50 @@ from typing import Any
 from fstore.schema.aggregations import AggregationSpec, FamilySpec, tile
 
 APPLY = """
-local id = 'i:' .. ARGV[1]
+local id = ARGV[1]
 local pos = 2
 local applied = 0
-for k = 1, #KEYS do
-  local key = KEYS[k]
-  local expire_ms, ops = ARGV[pos], tonumber(ARGV[pos + 1])
-  pos = pos + 2
-  local fresh = redis.call('HSETNX', key, id, '1') == 1
+for k = 1, #KEYS, 2 do
+  local values, ids = KEYS[k], KEYS[k + 1]
+  local start, cutoff, expire_ms, ops = ARGV[pos], tonumber(ARGV[pos + 1]), ARGV[pos + 2], tonumber(ARGV[pos + 3])
+  pos = pos + 4
+  local prefix = start .. '|'
+  local fresh = redis.call('HSETNX', ids, prefix .. id, '1') == 1
+  if fresh and cutoff >= 0 and redis.call('HSETNX', values, prefix .. 't', '1') == 1 then
+    -- a new tile: drop the tiles no window reads any more (once per tile and key, so the scan is cheap)
+    for _, hash in ipairs({values, ids}) do
+      for _, field in ipairs(redis.call('HKEYS', hash)) do
+        local s = tonumber(string.match(field, '^(%d+)|'))
+        if s and s < cutoff then redis.call('HDEL', hash, field) end
+      end
+    end
+  end
   for _ = 1, ops do
-    local op, field, value = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
+    local op, field, value = ARGV[pos], prefix .. ARGV[pos + 1], ARGV[pos + 2]
     pos = pos + 3
     if fresh then
-      if op == 'incr' then redis.call('HINCRBY', key, field, value)
-      elseif op == 'incrf' then redis.call('HINCRBYFLOAT', key, field, value)
+      if op == 'incr' then redis.call('HINCRBY', values, field, value)
+      elseif op == 'incrf' then redis.call('HINCRBYFLOAT', values, field, value)
       elseif op == 'min' or op == 'max' then
-        local current = redis.call('HGET', key, field)
+        local current = redis.call('HGET', values, field)
         local v, c = tonumber(value), tonumber(current)
         if not current or (op == 'min' and v < c) or (op == 'max' and v > c) then
-          redis.call('HSET', key, field, value)
+          redis.call('HSET', values, field, value)
         end
       elseif op == 'last' then
-        local order = ARGV[pos]
-        local current = redis.call('HGET', key, 'o' .. field)
-        if not current or order > current then redis.call('HSET', key, field, value, 'o' .. field, order) end
+        local order, order_field = ARGV[pos], prefix .. 'o' .. ARGV[pos - 2]
+        local current = redis.call('HGET', values, order_field)
+        if not current or order > current then redis.call('HSET', values, field, value, order_field, order) end
       end
     end
     if op == 'last' then pos = pos + 1 end
   end
   if fresh then
     applied = 1
-    if expire_ms ~= '0' then redis.call('PEXPIREAT', key, expire_ms) end
+    if expire_ms ~= '0' then
+      redis.call('PEXPIREAT', values, expire_ms)
+      redis.call('PEXPIREAT', ids, expire_ms)
+    end
   end
 end
 return applied
@@ -74,9 +89,14 @@ class TileEvent:
     values: dict[str, Any]  # field name -> value (None: unset)
 
 
-def tile_key(family: str, key: int | str, size: int | None, start: int) -> str:
-    tag = f"{{{family}:{key}}}"
-    return f"fsa:{tag}:L" if size is None else f"fsa:{tag}:{size // 1_000_000}:{start // 1_000_000}"
+def tile_hashes(family: str, key: int | str, size: int | None) -> tuple[str, str]:
+    """The hash of partial aggregates and the hash of applied message ids for one key and tile size."""
+    tag, suffix = f"{{{family}:{key}}}", "L" if size is None else str(size // 1_000_000)
+    return f"fsa:{tag}:{suffix}", f"fsi:{tag}:{suffix}"
+
+
+def _start(size: int | None, start: int) -> str:
+    return "0" if size is None else str(start // 1_000_000)
 
 
 def _order(event: TileEvent) -> str:
@@ -113,9 +133,10 @@ class TileStore:
     def close(self) -> None:
         self.client.close()
 
-    def apply(self, family: FamilySpec, events: Sequence[TileEvent]) -> tuple[int, int]:
+    def apply(self, family: FamilySpec, events: Sequence[TileEvent], now_us: int | None = None) -> tuple[int, int]:
         """Fold accepted events into their tiles; returns (applied, too late). A message id already applied to
-        a tile changes nothing there, so a redelivered batch is harmless."""
+        a tile changes nothing there, so a redelivered batch is harmless. `now_us`: the clock that retires old
+        tiles (tests move it)."""
         by_size: dict[int | None, list[AggregationSpec]] = defaultdict(list)
         for feature in family.features:
             by_size[feature.tile].append(feature)
@@ -124,7 +145,7 @@ class TileStore:
             for size, features in by_size.items()
         }
         calls, late = [], 0
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = (time.time_ns() // 1_000 if now_us is None else now_us) // 1_000
         for event in events:
             if not event.backfilled and event.ingest_us - event.event_us > family.allowed_lateness:
                 late += 1
@@ -136,9 +157,10 @@ class TileStore:
                 expire_ms = 0 if size is None else (start + size + retention[size]) // 1_000
                 if expire_ms and expire_ms <= now_ms:
                     continue  # a tile no window reads any more
-                keys.append(tile_key(family.name, event.key, size, start))
+                cutoff = -1 if size is None else (tile(now_ms * 1_000, size) - retention[size]) // 1_000_000
+                keys += tile_hashes(family.name, event.key, size)
                 ops = [op for f in features for op in _ops(f, event)]
-                args += [str(expire_ms), str(len(ops))]
+                args += [_start(size, start), str(cutoff), str(expire_ms), str(len(ops))]
                 for op in ops:
                     args += op
             if keys:
@@ -154,26 +176,24 @@ class TileStore:
     def read(self, family: FamilySpec, keys: Sequence[int | str], at_us: int | None = None) -> list[dict[str, Any]]:
         """Every feature of the family for each key at time `at_us` (default now; see the module's note)."""
         at_us = time.time_ns() // 1_000 if at_us is None else at_us
-        wanted: list[tuple[int, AggregationSpec, list[str]]] = []
-        tiles: list[str] = []
-        for n, key in enumerate(keys):
-            for feature in family.features:
-                if feature.tile is None or feature.window is None:
-                    names = [tile_key(family.name, key, None, 0)]
-                else:
-                    now = tile(at_us, feature.tile)
-                    starts = range(now - feature.window + feature.tile, now + feature.tile, feature.tile)
-                    names = [tile_key(family.name, key, feature.tile, s) for s in starts]
-                wanted.append((n, feature, names))
-                tiles += names
-        unique = list(dict.fromkeys(tiles))
+        windows = {f.name: _tile_starts(f, at_us) for f in family.features}
+        sizes = sorted({f.tile for f in family.features}, key=lambda t: -1 if t is None else t)
+        fields = {
+            size: [f"{start}|{name}" for f in family.features if f.tile == size
+                   for start in windows[f.name] for name in _fields(f)]
+            for size in sizes
+        }  # fmt: skip
         pipe = self.client.pipeline(transaction=False)
-        for name in unique:
-            pipe.hgetall(name)
-        contents = dict(zip(unique, pipe.execute(), strict=True))
-        rows: list[dict[str, Any]] = [{} for _ in keys]
-        for n, feature, names in wanted:
-            rows[n][feature.name] = _merge(feature, [contents[name] for name in names])
+        for key in keys:
+            for size in sizes:
+                pipe.hmget(tile_hashes(family.name, key, size)[0], fields[size])
+        replies = iter(pipe.execute())
+        rows = []
+        for _ in keys:
+            found: dict[str, bytes] = {}
+            for size in sizes:
+                found.update((k, v) for k, v in zip(fields[size], next(replies), strict=True) if v is not None)
+            rows.append({f.name: _merge(f, windows[f.name], found) for f in family.features})
         return rows
 
     def _script(self) -> str:
@@ -226,27 +246,40 @@ def _ops(feature: AggregationSpec, event: TileEvent) -> list[list[str]]:
     return [["last", f"l:{name}", _encode(value), _order(event)]]
 
 
-def _merge(feature: AggregationSpec, tiles: list[dict[bytes, bytes]]) -> Any:
-    name = feature.name.encode()
+def _tile_starts(feature: AggregationSpec, at_us: int) -> list[str]:
+    if feature.tile is None or feature.window is None:
+        return ["0"]
+    now = tile(at_us, feature.tile)
+    return [str(s // 1_000_000) for s in range(now - feature.window + feature.tile, now + feature.tile, feature.tile)]
+
+
+def _fields(feature: AggregationSpec) -> list[str]:
+    name = feature.name
+    return {
+        "count": [f"c:{name}"], "sum": [f"s:{name}"], "mean": [f"s:{name}", f"n:{name}"],
+        "min": [f"m:{name}"], "max": [f"M:{name}"], "last": [f"l:{name}", f"ol:{name}"],
+    }[feature.function]  # fmt: skip
+
+
+def _merge(feature: AggregationSpec, starts: list[str], found: dict[str, bytes]) -> Any:
+    def values(field: str) -> list[bytes]:
+        return [found[k] for k in (f"{s}|{field}:{feature.name}" for s in starts) if k in found]
+
     if feature.function == "count":
-        return sum(int(t.get(b"c:" + name, 0)) for t in tiles)
+        return sum(int(v) for v in values("c"))
     assert feature.field is not None
-    decode = _decoder(feature.field.kind)
+    floating = feature.field.kind in ("float", "double")
     if feature.function == "sum":
-        parts = [t[b"s:" + name] for t in tiles if b"s:" + name in t]
-        return (
-            math.fsum(float(p) for p in parts)
-            if feature.field.kind in ("float", "double")
-            else sum(int(p) for p in parts)
-        )
+        return math.fsum(float(v) for v in values("s")) if floating else sum(int(v) for v in values("s"))
     if feature.function == "mean":
-        count = sum(int(t.get(b"n:" + name, 0)) for t in tiles)
-        return math.fsum(float(t[b"s:" + name]) for t in tiles if b"s:" + name in t) / count if count else None
+        count = sum(int(v) for v in values("n"))
+        return math.fsum(float(v) for v in values("s")) / count if count else None
+    decode = _decoder(feature.field.kind)
     if feature.function in ("min", "max"):
-        field = (b"m:" if feature.function == "min" else b"M:") + name
-        values = [decode(t[field]) for t in tiles if field in t]
-        return (min if feature.function == "min" else max)(values) if values else None
-    ordered = [(t[b"ol:" + name], t[b"l:" + name]) for t in tiles if b"l:" + name in t]
+        found_values = [decode(v) for v in values("m" if feature.function == "min" else "M")]
+        return (min if feature.function == "min" else max)(found_values) if found_values else None
+    ordered = [(found[f"{s}|ol:{feature.name}"], found[f"{s}|l:{feature.name}"]) for s in starts
+               if f"{s}|l:{feature.name}" in found]  # fmt: skip
     return decode(max(ordered)[1]) if ordered else None
 
 

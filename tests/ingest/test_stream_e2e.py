@@ -428,6 +428,9 @@ def test_a_full_disk_stalls_the_running_job_and_loses_nothing_offline(
         assert fs.offline.dead_letters().num_rows == 0 and job.poll() is None
 
 
+KEYS, ROUNDS = 1_000, 10  # 10,000 probes
+
+
 def test_aggregation_features_online_equal_the_export_at_the_same_moments(
     redis_url: str, names: dict[str, str], stream_job: Any, tmp_path: Path
 ) -> None:
@@ -451,12 +454,13 @@ def test_aggregation_features_online_equal_the_export_at_the_same_moments(
     probes: list[tuple[int, int, dict[str, Any]]] = []
     tiles = TileStore.beside(fs.online)
     published = 0
-    for round_ in range(4):
+    users = list(range(1, KEYS + 1))
+    for round_ in range(ROUNDS):
         now = datetime.now(UTC)
         payloads = []
-        for i in range(60):
+        for i in range(300):
             message = order.message_class(
-                order_id=f"r{round_}-{i}", user_id=rng.randint(1, 8), amount=round(rng.uniform(1, 90), 2),
+                order_id=f"r{round_}-{i}", user_id=rng.randint(1, KEYS - 10), amount=round(rng.uniform(1, 90), 2),
                 status=rng.choice(["placed", "paid", "shipped"]),
             )  # fmt: skip
             late = rng.random() < 0.15  # older than the allowed lateness when it arrives
@@ -473,14 +477,15 @@ def test_aggregation_features_online_equal_the_export_at_the_same_moments(
         accepted = sum(1 for d in lateness.to_pylist() if d <= timedelta(hours=1))
 
         def online_done(n: int = accepted) -> bool:  # the tiles follow the offline rows in the same flush
-            return sum(r["order_count_7d"] for r in tiles.read(family, list(range(1, 9)))) == n
+            return sum(r["order_count_7d"] for r in tiles.read(family, users)) == n
 
         wait_for(online_done, 30, f"round {round_} online")
         at = time.time_ns() // 1_000
-        for key, row in zip(range(1, 10), tiles.read(family, list(range(1, 10)), at), strict=True):
+        for key, row in zip(users, tiles.read(family, users, at), strict=True):  # the last 10 have no events
             probes.append((key, at, row))
     assert job.poll() is None
-    assert fs.get_online("user_orders", [1])[0]["order_count_7d"] == probes[-9][2]["order_count_7d"]
+    assert len(probes) >= 10_000
+    assert fs.get_online("user_orders", [1])[0]["order_count_7d"] == probes[-KEYS][2]["order_count_7d"]
 
     spine = pa.table({
         "user_id": pa.array([k for k, _, _ in probes], pa.int64()),
@@ -491,22 +496,28 @@ def test_aggregation_features_online_equal_the_export_at_the_same_moments(
     fs.export_training_set(str(tmp_path / "probes.parquet"), ["user_orders:*"], out)
     exported = pq.read_table(out).to_pylist()
     history = fs.offline.history(order).to_pylist()
+    events_of: dict[int, list[dict[str, Any]]] = {}
     events = [
         {"user_id": h["user_id"], "event_us": int(h["event_time"].timestamp() * 1e6),
          "ingest_us": int(h["ingest_time"].timestamp() * 1e6), "message_id": h["message_id"], "backfilled": False,
          "amount": h["amount"], "status": h["status"]}
         for h in history
     ]  # fmt: skip
+    for e in events:
+        events_of.setdefault(e["user_id"], []).append(e)
     counted = 0
     for (key, at, online), row in zip(probes, exported, strict=True):
         for feature in family.features:
-            offline, truth = row[f"user_orders__{feature.name}"], brute_force(family, feature, events, key, at)
+            offline, truth = (
+                row[f"user_orders__{feature.name}"],
+                brute_force(family, feature, events_of.get(key, []), key, at),
+            )
             for value in (online[feature.name], offline):
                 if isinstance(truth, float) and value is not None:
                     assert math.isclose(value, truth, rel_tol=1e-9), (feature.name, key, value, truth)
                 else:
                     assert value == truth, (feature.name, key, at, online[feature.name], offline, truth)
             counted += truth not in (0, None)
-    assert counted > 100  # the probes saw data, not just empty windows
+    assert counted > 10_000  # the probes saw data, not just empty windows
     tiles.close()
     fs.close()

@@ -19,8 +19,14 @@ from tests.offline.test_aggregations import brute_force, random_events
 
 def tile_events(events: list[dict[str, Any]]) -> list[TileEvent]:
     return [
-        TileEvent(e["user_id"], e["event_us"], e["ingest_us"], e["message_id"], e["backfilled"],
-                  {"amount": e["amount"], "status": e["status"]})  # fmt: skip
+        TileEvent(
+            e["user_id"],
+            e["event_us"],
+            e["ingest_us"],
+            e["message_id"],
+            e["backfilled"],
+            {"amount": e["amount"], "status": e["status"]},
+        )
         for e in events
     ]
 
@@ -48,3 +54,46 @@ def test_tiles_read_the_definitions_value_and_ignore_redeliveries() -> None:
                 else:
                     assert got == want, (feature.name, key, got, want)
         assert rows[5] == {f.name: (0 if f.function in ("count", "sum") else None) for f in family.features}
+
+
+def snapshot(client: Any) -> dict[bytes, dict[bytes, bytes]]:
+    return {key: client.hgetall(key) for key in client.scan_iter(match="fs[ai]:*")}
+
+
+def test_every_message_delivered_twice_leaves_the_same_state() -> None:
+    family = Registry.default().family("user_orders")
+    now = time.time_ns() // 1_000
+    events = [e for e in random_events(random.Random(4), 1_000, origin=now - 10 * DAY) if e["ingest_us"] <= now]
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        tiles = TileStore(client)
+        tiles.apply(family, tile_events(events))
+        once = snapshot(client)
+        shuffled = tile_events(events)
+        random.Random(5).shuffle(shuffled)
+        assert tiles.apply(family, shuffled)[0] == 0
+        assert snapshot(client) == once
+
+
+def test_tiles_at_the_window_edges_and_old_tiles_retired() -> None:
+    family = Registry.default().family("user_orders")
+    hour = family.feature("order_count_1h")
+    five = 5 * 60 * 1_000_000
+    t = (time.time_ns() // 1_000) // five * five + 2 * 60 * 1_000_000  # two minutes into a tile
+    oldest = t // five * five - HOUR + five  # the window's oldest tile starts here (inclusive)
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        tiles = TileStore(client)
+        edge = [
+            TileEvent(7, oldest, oldest, "at-edge", False, {}),
+            TileEvent(7, oldest - 1, oldest - 1, "before", False, {}),
+        ]
+        tiles.apply(family, edge, now_us=t)
+        assert tiles.read(family, [7], t)[0][hour.name] == 1  # at the edge counts, a microsecond before does not
+        # four hours on, a new 5-minute tile retires the ones no window reads any more
+        later = t + 4 * HOUR
+        tiles.apply(family, [TileEvent(7, later, later, "later", False, {})], now_us=later)
+        starts = {f.split(b"|")[0] for f in client.hkeys(f"fsa:{{user_orders:7}}:{five // 1_000_000}")}
+        assert starts == {str(later // five * five // 1_000_000).encode()}
+        assert client.pttl(f"fsa:{{user_orders:7}}:{five // 1_000_000}") > 0
+        assert client.pttl("fsi:{user_orders:7}:L") == -1  # lifetime states do not expire
