@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, store: FeatureStore | None = No
         fs = store if store is not None else FeatureStore(settings)
         try:
             fs.online  # connect (or start the embedded Redis) now, not on the first request  # noqa: B018
-            metrics.known_entities = frozenset(fs.registry.entities())
+            metrics.known_entities = frozenset(fs.registry.entities() + fs.registry.families())
             app.state.services = Services(
                 store=fs,
                 reader=OnlineReader(fs, settings.api.max_ids, metrics),

@@ -5,6 +5,8 @@ GET and POST differ only in how their arguments arrive; both end in `OnlineReade
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 from fstore.api.errors import TooManyIdsError
@@ -41,6 +43,8 @@ class OnlineReader:
         api.errors) and TooManyIdsError (413)."""
         if len(ids) > self.max_ids:
             raise TooManyIdsError(f"at most {self.max_ids} ids per request (api.max_ids); got {len(ids)}")
+        if entity in self.store.registry.families():
+            return await self._read_family(entity, ids, features)
         try:
             spec = self.store.spec(entity, version)
             fields = spec.select(features)
@@ -48,7 +52,7 @@ class OnlineReader:
             # Perhaps `fstore codegen` added it while this server runs: look at the descriptor set once more.
             if not self.store.refresh_registry():
                 raise
-            self.metrics.known_entities = frozenset(self.store.registry.entities())
+            self.metrics.known_entities = frozenset(self.store.registry.entities() + self.store.registry.families())
             spec = self.store.spec(entity, version)
             fields = spec.select(features)
         # Query strings carry every id as text, and JSON clients may send int64 ids as strings (2**53 and up).
@@ -57,3 +61,16 @@ class OnlineReader:
         found = sum(row is not None for row in rows)
         self.metrics.count_rows(spec.name, spec.version, found, len(rows) - found)
         return dumps_online_response(spec.name, spec.version, rows, float_field_names(fields))
+
+    async def _read_family(self, name: str, ids: Sequence[object], features: Sequence[str] | None) -> bytes:
+        """An aggregation family (docs/aggregations.md): every key has a row, its features at this moment;
+        `version` is the family's source entity version."""
+        family = self.store.registry.family(name)
+        chosen = [family.feature(f) for f in features] if features else list(family.features)
+        keyed = dataclasses.replace(family.source, name=family.name, key=family.group_by)
+        checked = check_ids(keyed, ids, from_text=True)
+        # The tiles' reads are synchronous (a pipeline of HMGETs): off the event loop.
+        rows = await asyncio.to_thread(self.store.get_online, name, checked, [f.name for f in chosen])
+        self.metrics.count_rows(name, family.source.version, len(rows), 0)
+        floats = [f.name for f in chosen if f.result_kind in ("double", "float")]
+        return dumps_online_response(name, family.source.version, rows, floats)

@@ -73,6 +73,16 @@ class AggregationSpec:
     description: str = ""
 
     @property
+    def result_kind(self) -> str:
+        """The kind of the value: COUNT int64, MEAN double, SUM int64 or double by its field, else the field's."""
+        if self.function == "count":
+            return "int64"
+        assert self.field is not None
+        if self.function == "mean" or (self.function == "sum" and self.field.kind in ("float", "double")):
+            return "double"
+        return "int64" if self.function == "sum" else self.field.kind
+
+    @property
     def window_text(self) -> str:
         if self.window is None:
             return "lifetime"

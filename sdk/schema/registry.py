@@ -288,14 +288,14 @@ class Registry:
 
 
 class FamilyNotServedError(UnknownEntityError):
-    """An aggregation family asked for where only entities are served (the HTTP API and the CLI, so far:
-    docs/aggregations.md)."""
+    """An aggregation family named where an entity is needed (a backfill, a write, a materialize)."""
 
     def __init__(self, family: str) -> None:
         FstoreError.__init__(
             self,
-            f"{family!r} is an aggregation family: read it with the SDK (fs.get_online({family!r}, ids)) or "
-            f"`fstore export` ({family}:*); the HTTP API and the CLI do not serve families yet",
+            f"{family!r} is an aggregation family, computed from its source entity's events: read it online "
+            f"(fs.get_online, `fstore online get {family}`, GET /v1/online/{family}) or export it ({family}:*); "
+            "write, backfill or materialize its source entity instead",
         )
         self.entity = family
 

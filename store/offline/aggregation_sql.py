@@ -24,15 +24,8 @@ _SQL_TYPES = {"int32": "INTEGER", "int64": "BIGINT", "uint32": "UINTEGER", "uint
 
 
 def result_type(feature: AggregationSpec) -> str:
-    """The SQL type of a feature's value: COUNT BIGINT, MEAN DOUBLE, SUM BIGINT or DOUBLE, else the field's."""
-    if feature.function == "count":
-        return "BIGINT"
-    assert feature.field is not None
-    if feature.function == "mean" or (feature.function == "sum" and feature.field.kind in ("float", "double")):
-        return "DOUBLE"
-    if feature.function == "sum":
-        return "BIGINT"
-    return _SQL_TYPES[feature.field.kind]
+    """The SQL type of a feature's value (`AggregationSpec.result_kind`)."""
+    return _SQL_TYPES[feature.result_kind]
 
 
 def _tile(micros: str, size: int) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from datetime import datetime
+from typing import Any
 
 import typer
 
@@ -25,8 +27,11 @@ def get(
     from fstore.store import FeatureStore
 
     with FeatureStore.from_config() as fs:
-        spec = fs.spec(entity, version)
         names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+        if entity in fs.registry.families():
+            _print_family(fs, entity, ids, names, json_output)
+            return
+        spec = fs.spec(entity, version)
         rows = fs.get_online(entity, check_ids(spec, ids, from_text=True), names, spec.version)
     if json_output:
         floats = float_field_names(spec.select(names))
@@ -39,6 +44,24 @@ def get(
     for row, entity_id in zip(table, ids, strict=True):
         if row[0] == "(missing)":
             row[0] = f"{entity_id} (missing)"
+    _print_table(columns, table)
+
+
+def _print_family(fs: Any, name: str, ids: list[str], names: list[str] | None, json_output: bool) -> None:
+    """An aggregation family: every key has a row, its features now (docs/aggregations.md)."""
+    family = fs.registry.family(name)
+    chosen = [family.feature(n) for n in names] if names else list(family.features)
+    keyed = dataclasses.replace(family.source, name=family.name, key=family.group_by)
+    rows = fs.get_online(name, check_ids(keyed, ids, from_text=True), [f.name for f in chosen])
+    if json_output:
+        floats = [f.name for f in chosen if f.result_kind in ("double", "float")]
+        sys.stdout.buffer.write(dumps_online_response(name, family.source.version, rows, floats) + b"\n")
+        return
+    columns = [family.group_by.name, *(f.name for f in chosen)]
+    _print_table(columns, [[_cell(row.get(c)) for c in columns] for row in rows])
+
+
+def _print_table(columns: list[str], table: list[list[str]]) -> None:
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
     typer.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:

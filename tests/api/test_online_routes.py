@@ -213,3 +213,34 @@ def test_a_field_added_while_serving_is_served_without_a_restart(make_client: An
     assert response.status_code == 200 and response.json()["rows"][0]["churn_score"] == 0.5
     fields = [f["name"] for f in client.get("/v1/entities/user").json()["versions"][0]["features"]]
     assert "churn_score" in fields
+
+
+def test_an_aggregation_family_is_read_like_an_entity(client: TestClient) -> None:
+    """`user_orders` (declared by `order` v1) over HTTP and the CLI: one row per key, its features now, and a
+    key with no orders reads as count 0 / null."""
+    import time
+
+    from fstore.store.online.tiles import TileEvent, TileStore
+
+    with FeatureStore.from_config() as fs:
+        family = fs.registry.family("user_orders")
+        tiles = TileStore.beside(fs.online)
+        now = time.time_ns() // 1_000
+        tiles.apply(family, [
+            TileEvent(7, now - 60_000_000, now, "m1", False, {"amount": 20.5, "status": "paid"}),
+            TileEvent(7, now - 30_000_000, now, "m2", False, {"amount": 10.0, "status": "shipped"}),
+        ])  # fmt: skip
+        tiles.close()
+    body = client.get(
+        "/v1/online/user_orders", params={"id": [7, 8], "features": "order_count_1h,amount_sum_7d,last_status"}
+    ).json()
+    assert body["entity"] == "user_orders" and body["version"] == 1
+    assert body["rows"] == [
+        {"user_id": 7, "order_count_1h": 2, "amount_sum_7d": 30.5, "last_status": "shipped"},
+        {"user_id": 8, "order_count_1h": 0, "amount_sum_7d": 0.0, "last_status": None},
+    ]
+    assert client.get("/v1/online/user_orders", params={"id": "x"}).status_code == 422
+    assert client.get("/v1/online/user_orders", params={"id": 7, "features": "height"}).status_code == 422
+    cli = CliRunner().invoke(app, ["online", "get", "user_orders", "7", "--features", "order_count_7d", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["rows"] == [{"user_id": 7, "order_count_7d": 2}]
