@@ -107,8 +107,8 @@ def _wait_online(user_ids: list[int], expected_country: dict[int, object], timeo
 def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes its data and logs.")) -> None:
     """Run the end-to-end demo (starts its own Redis and Pub/Sub emulator).
 
-    Codegen check, stack up, publish, stream-ingest, read online (Python, CLI, HTTP), dead letters, and a
-    point-in-time training set."""
+    Codegen check, stack up, publish, stream-ingest, read online (Python, CLI, HTTP), dead letters, a
+    point-in-time training set, and a window aggregation family live online and in a training set."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     with ExitStack() as stack:
@@ -166,11 +166,85 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Where the demo writes 
             "--out", str(out / "train.parquet"),
         )  # fmt: skip
         _fstore("ledger")
+
+        _step(7, "Window aggregations: user_orders (declared with the order schema), online and in a training set")
+        _aggregations_live(out)
     typer.secho(f"\nDemo done. Data and logs are in {out}/", fg=typer.colors.GREEN, bold=True)
     typer.echo(
         f"Its Redis and emulator are stopped. Its history: FSTORE_OFFLINE=duckdb:///{out}/offline fstore ledger\n"
         "A stack that stays up, for your own data: fstore up (README: Your own feature repo)."
     )
+
+
+ORDER_WAVES = ({1: [12.5, 30.0, 7.25], 2: [99.0]}, {1: [40.0], 3: [5.5, 5.5]})
+AGGREGATES = ["order_count_1h", "amount_sum_7d", "amount_max_30d", "last_status"]
+
+
+def _aggregations_live(out: Path) -> None:
+    """Two waves of orders; after each, the family read online; then an export at that moment, which gives
+    the same values (docs/aggregations.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.ingest.publish import EventPublisher
+    from fstore.ingest.pubsub import topic_path
+    from fstore.store import FeatureStore
+
+    with FeatureStore.from_config() as fs:
+        order = fs.spec("order")
+        publisher = EventPublisher(order, topic_path(fs.settings, "order"))
+        sent: dict[int, list[float]] = {}
+        for wave, orders in enumerate(ORDER_WAVES, start=1):
+            now = datetime.now(UTC)
+            futures = []
+            for user, amounts in orders.items():
+                for n, amount in enumerate(amounts):
+                    message = order.message_class(
+                        order_id=f"w{wave}-u{user}-{n}", user_id=user, amount=amount, status=f"paid-{wave}"
+                    )
+                    message.event_time.FromDatetime(now - timedelta(minutes=10 + n))  # type: ignore[attr-defined]
+                    futures.append(publisher.publish(message))
+                sent.setdefault(user, []).extend(amounts)
+            for f in futures:
+                f.result()
+            rows = _wait_aggregates(fs, {u: len(a) for u, a in sent.items()}, timeout=60)
+            typer.echo(f"   after wave {wave}: fs.get_online('user_orders', [1, 2, 3])")
+            for row in rows:
+                typer.echo(f"     {row}")
+        spine = out / "order-spine.parquet"
+        moment = datetime.now(UTC)
+        online = fs.get_online("user_orders", [1, 2, 3], features=AGGREGATES)
+        table = pa.table({"user_id": pa.array([1, 2, 3], pa.int64()), "event_timestamp": [moment] * 3})
+        pq.write_table(table, spine)
+    features = ",".join(f"user_orders:{f}" for f in AGGREGATES)
+    _fstore("export", "--spine", str(spine), "--features", features, "--out", str(out / "orders-train.parquet"))
+    exported = pq.read_table(out / "orders-train.parquet").to_pylist()
+    pairs = [
+        (row[f"user_orders__{f}"], (o or {}).get(f))
+        for row, o in zip(exported, online, strict=True)
+        for f in AGGREGATES
+    ]
+    if not all(_same(exported_value, online_value) for exported_value, online_value in pairs):
+        raise SystemExit(f"demo: the export at {moment} differs from the online values: {exported} vs {online}")
+    typer.echo(f"   the training set at {moment:%H:%M:%S} holds exactly the online values ({len(AGGREGATES)} features)")
+
+
+def _same(exported: object, online: object) -> bool:
+    if isinstance(exported, float) and isinstance(online, float):
+        return abs(exported - online) <= 1e-9 * max(1.0, abs(online))
+    return exported == online
+
+
+def _wait_aggregates(fs: object, counts: dict[int, int], timeout: float) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    users = sorted({1, 2, 3} | set(counts))
+    while True:
+        rows = fs.get_online("user_orders", users, features=AGGREGATES)  # type: ignore[attr-defined]
+        if all(r["order_count_1h"] == counts.get(r["user_id"], 0) for r in rows):
+            return list(rows)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: the orders did not reach user_orders within {timeout:.0f} s (see the ingest log)")
+        time.sleep(0.2)
 
 
 def _publish_bad_events() -> None:
