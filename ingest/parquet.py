@@ -35,6 +35,7 @@ from fstore.schema.registry import EntitySpec
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema
 from fstore.settings import Settings
 from fstore.store.events import DeadLetter
+from fstore.store.online.tiles import tile_events_from_table
 
 BATCH_ROWS = 500_000
 
@@ -192,6 +193,8 @@ class _WriteEventBatchFn(IngestDoFn):
         messages, publish = latest_messages(spec, batch.table)
         self.writer.store_online(spec, messages, publish)
         self.writer.online_stale.inc(batch.table.num_rows - len(messages))  # older rows of the batch: never sent
+        for family in self.res.registry.families_of(spec):  # every row counts there, not only the latest
+            self.writer.apply_tiles(family, tile_events_from_table(family, batch.table))
         return iter(())
 
 

@@ -137,7 +137,9 @@ class StoreWriter:
 
     def store_tiles(self, family: Any, events: list[Event]) -> None:
         """Aggregation families after the entity's own rows: offline first, as everywhere."""
-        batch = tile_events(family, events)
+        self.apply_tiles(family, tile_events(family, events))
+
+    def apply_tiles(self, family: Any, batch: list[Any]) -> None:
         applied, late = until_stored(lambda: self.res.tiles.apply(family, batch), f"tiles of {family.name}")
         self.tiles_applied.inc(applied)
         self.tiles_too_late.inc(late)

@@ -224,6 +224,26 @@ def tile_events(family: FamilySpec, events: Sequence[Any]) -> list[TileEvent]:
     return out
 
 
+def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
+    """The rows of an offline-shaped Arrow table (a parquet backfill's batch) of the family's source."""
+    import pyarrow.compute as pc
+
+    names = sorted({f.field.name for f in family.features if f.field is not None})
+
+    def micros(column: str) -> list[int]:
+        return pc.cast(table.column(column), "int64").to_pylist()  # type: ignore[no-any-return]
+
+    keys, ids = table.column(family.group_by.name).to_pylist(), table.column("message_id").to_pylist()
+    events, ingests = micros(family.source.event_time.name), micros("ingest_time")
+    values = {n: table.column(n).to_pylist() for n in names}
+    return [
+        TileEvent(
+            keys[i], events[i], ingests[i], ids[i], ids[i].startswith("backfill:"), {n: values[n][i] for n in names}
+        )
+        for i in range(table.num_rows)
+    ]
+
+
 def _has_presence(message: Any, name: str) -> bool:
     return bool(message.DESCRIPTOR.fields_by_name[name].has_presence)
 

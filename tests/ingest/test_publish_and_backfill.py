@@ -181,3 +181,45 @@ def test_a_backfill_that_stores_nothing_fails(tmp_path: Path, redis_url: str) ->
     assert "Is the file user/v1? Pass --version" in result.output
     with FeatureStore.from_config() as fs:
         assert fs.offline.dead_letters().num_rows == 5
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_a_backfill_feeds_aggregation_families(tmp_path: Path, redis_url: str, form: str) -> None:
+    """Backfilled orders (weeks old: known at their event time, so never too late) reach `user_orders` online,
+    and the online values equal an export at the same moment."""
+    import random
+
+    rng = random.Random(5)
+    lines: list[dict[str, object] | str] = []
+    for n in range(300):
+        when = NOW - timedelta(minutes=rng.randint(1, 40 * 24 * 60))
+        lines.append({"orderId": f"o{n}", "userId": str(rng.randint(1, 6)), "eventTime": stamp(when),
+                      "amount": round(rng.uniform(1, 50), 2), "status": rng.choice(["paid", "shipped"])})  # fmt: skip
+    path = write_jsonl(tmp_path / "orders.jsonl", lines)
+    if form == "parquet":
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        table = pa.table({
+            "order_id": [r["orderId"] for r in rows], "user_id": pa.array([int(r["userId"]) for r in rows], pa.int64()),
+            "event_time": pa.array([datetime.fromisoformat(r["eventTime"]) for r in rows], pa.timestamp("us", "UTC")),
+            "amount": [r["amount"] for r in rows], "status": [r["status"] for r in rows],
+        })  # fmt: skip
+        path = tmp_path / "orders.parquet"
+        pq.write_table(table, path)
+    result = CliRunner().invoke(app, ["ingest", "backfill", "--entity", "order", "--input", str(path)])
+    assert result.exit_code == 0, result.output
+
+    users = list(range(1, 8))
+    moment = datetime.now(UTC)
+    with FeatureStore.from_config() as fs:
+        online = fs.get_online("user_orders", users)
+        spine = pa.table({"user_id": pa.array(users, pa.int64()), "event_timestamp": [moment] * len(users)})
+        fs.export_training_set(spine, ["user_orders:*"], tmp_path / "train.parquet", progress=False)
+    exported = pq.read_table(tmp_path / "train.parquet").to_pylist()
+    assert sum(r["order_count_7d"] for r in online if r) > 20
+    for row, live in zip(exported, online, strict=True):
+        assert live is not None
+        for name, value in live.items():
+            if name == "user_id":
+                continue
+            want = row[f"user_orders__{name}"]
+            assert value == pytest.approx(want, rel=1e-9) if isinstance(want, float) else value == want, name
