@@ -178,3 +178,15 @@ def test_fstore_export_computes_aggregation_features_and_reproduces_them(tmp_pat
     with pytest.raises(ExportError, match="user_orders's definition changed"):
         store.export_training_set(None, None, tmp_path / "x.parquet", ExportOptions(reproduce=changed))
     store.close()
+
+
+def test_bigquery_refuses_aggregation_features_until_its_sql_is_wired(tmp_path: Any) -> None:
+    from fstore.store.offline.bigquery import BigQueryOfflineStore
+    from fstore.store.offline.export import ExportError
+    from tests.offline.fake_bigquery import FakeBigQueryClient
+
+    store = BigQueryOfflineStore("proj", "data", Registry.default(), client=FakeBigQueryClient("proj"))
+    spine = pa.table({"user_id": pa.array([1], pa.int64()), "event_timestamp": pa.array([T0], pa.int64()).cast(
+        pa.timestamp("us", tz="UTC"))})  # fmt: skip
+    with pytest.raises(ExportError, match="embedded store only so far"):
+        store.export_training_set(spine, ["user_orders:order_count_1h"], tmp_path / "t.parquet")
