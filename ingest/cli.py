@@ -108,21 +108,38 @@ def publish(
 
 
 def materialize(
-    entity: str = typer.Option(..., help="Entity name, e.g. user."),
+    entity: str | None = typer.Option(None, help="Entity name, e.g. user; default: every entity."),
     version: int | None = typer.Option(None, help="Entity version; default: the entity's default version."),
+    start: str | None = typer.Option(
+        None, help="Only rows with an event time at or after this (ISO-8601; UTC unless it names an offset)."
+    ),
+    end: str | None = typer.Option(None, help="Only rows with an event time before this (ISO-8601)."),
 ) -> None:
-    """Rebuild the online store from the offline history (the latest row per key); the history is unchanged."""
+    """Rebuild the online store from the offline history: the latest row per key (within --start/--end),
+    compare-and-set online; the history is unchanged. Exits 1 when the online store refused rows."""
+    from fstore.ingest.materialize import MaterializeError, time_range
     from fstore.ingest.materialize import materialize as rebuild
     from fstore.store import FeatureStore
 
+    since, until = time_range(start, end)
+    if version is not None and entity is None:
+        raise MaterializeError("--version needs --entity: versions are per entity")
+    refused = 0
     with FeatureStore.from_config() as fs:
-        spec = fs.spec(entity, version)
-        started = time.monotonic()
-        rows, done = rebuild(fs, spec)
-    typer.echo(
-        f"materialized {spec.ref} from {rows:,} history rows: {done.written:,} written online, {done.stale:,} "
-        f"already newer online, {done.expired:,} past their TTL, in {time.monotonic() - started:.1f} s"
-    )
+        names = [entity] if entity is not None else fs.registry.entities()
+        for spec in [fs.spec(name, version) for name in names]:
+            started = time.monotonic()
+            rows, done = rebuild(fs, spec, since, until)
+            typer.echo(
+                f"materialized {spec.ref} from {rows:,} history rows: {done.written:,} written online, "
+                f"{done.stale:,} already newer online, {done.expired:,} past their TTL, "
+                f"in {time.monotonic() - started:.1f} s"
+            )
+            if done.failed:
+                typer.echo(f"  {done.failed:,} refused by the online store, e.g. {done.failure}", err=True)
+                refused += done.failed
+    if refused:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

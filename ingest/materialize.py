@@ -1,34 +1,75 @@
 """`fstore materialize`: rebuild the online store from the offline history, without touching the history.
 
 For when Redis lost keys (a flush, a new cluster, a restore): the latest row per key, by event time (ties to
-the later ingest time, then the message id, as everywhere), is compare-and-set online in batches. Rows past
-their TTL are not written; a key whose online row is newer stays as it is. The history is only read, so
-running it twice changes nothing the second time.
+the later ingest time, then the message id, as everywhere), is computed inside the offline store
+(`OfflineStore.latest_rows`: DuckDB over the parquet files within a memory limit, or one BigQuery query),
+streamed in Arrow batches and compare-and-set online batch by batch (`OnlineStore.write_rows`), so memory
+stays bounded however long the history. Rows past their TTL are not written; a key whose online row is
+newer stays as it is. The history is only read, so running it twice changes nothing the second time.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 
-from fstore.ingest.parquet import latest_messages
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fstore.errors import FstoreError
 from fstore.ingest.retry import until_stored
 from fstore.schema.registry import EntitySpec
 from fstore.store import FeatureStore
+from fstore.store.offline.sql import KEY_ROWS
 from fstore.store.online import WriteResult
 
-BATCH = 5_000
+# Batches being written at once: one is encoded while Redis works through the other's commands (Redis is
+# one process, so a third would only wait). Memory is bounded by these and the offline store's own limit.
+IN_FLIGHT = 2
 
 
-def materialize(fs: FeatureStore, spec: EntitySpec, batch: int = BATCH) -> tuple[int, WriteResult]:
-    """(history rows read, what the online writes did)."""
-    history = fs.offline.history(spec)
-    messages, ingest_micros = latest_messages(spec, history)
-    done = WriteResult()
-    for start in range(0, len(messages), batch):
-        chunk, times = messages[start : start + batch], ingest_micros[start : start + batch]
+class MaterializeError(FstoreError):
+    """Bad input to `fstore materialize`; the message names the option."""
 
-        def write(chunk: list[Any] = chunk, times: list[int] = times) -> WriteResult:
-            return fs.online.write(spec, chunk, times)
 
-        done += until_stored(write, f"online write of {spec.ref}")
-    return int(history.num_rows), done
+def materialize(
+    fs: FeatureStore, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
+) -> tuple[int, WriteResult]:
+    """(history rows with an event time in [start, end), what the online writes did). A write the online
+    store refuses for now is retried until it is back (`until_stored`): every write is a compare-and-set."""
+    rows, done = 0, WriteResult()
+    with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="fstore-materialize") as pool:
+        pending: deque[Future[WriteResult]] = deque()
+        for batch in fs.offline.latest_rows(spec, start, end):
+            rows += int(pc.sum(batch.column(KEY_ROWS)).as_py() or 0)
+            if len(pending) == IN_FLIGHT:
+                done += pending.popleft().result()
+            pending.append(pool.submit(_write, fs, spec, batch))
+        while pending:
+            done += pending.popleft().result()
+    return rows, done
+
+
+def _write(fs: FeatureStore, spec: EntitySpec, batch: pa.RecordBatch) -> WriteResult:
+    return until_stored(lambda: fs.online.write_rows(spec, batch), f"online write of {spec.ref}")
+
+
+def time_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    """`--start` and `--end` as UTC datetimes (ISO-8601; UTC when they name no offset), start before end."""
+    since, until = _moment(start, "--start"), _moment(end, "--end")
+    if since is not None and until is not None and since >= until:
+        raise MaterializeError(f"--start {start} is not before --end {end}: the range [start, end) is empty")
+    return since, until
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MaterializeError(
+            f"{option} {text!r} is not an ISO-8601 time (e.g. 2026-03-01, 2026-03-01T12:00:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

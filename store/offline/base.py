@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +58,16 @@ class OfflineStore(ABC):
     @abstractmethod
     def history(self, spec: EntitySpec) -> pa.Table:
         """Every stored event of one entity version, each message id once, ordered by key, event time."""
+
+    @abstractmethod
+    def latest_rows(
+        self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Per key, its latest stored row: the greatest (event time, ingest time, message id), each message id
+        once, among rows whose event time is in [start, end) (None: unbounded), computed by the backend and
+        streamed in batches with bounded memory. A batch has exactly the columns of `arrow_schema(spec)`, then
+        `store.offline.sql.KEY_ROWS` (int64): how many rows of the range its key has. Keys come in no
+        particular order, each once; the history is only read."""
 
     @abstractmethod
     def dead_letters(self) -> pa.Table:

@@ -32,7 +32,7 @@ from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schem
 from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline.base import LedgerEntry, OfflineStore
 from fstore.store.offline.bigquery_schema import add_missing_columns, plan_columns
-from fstore.store.offline.duckdb import conform
+from fstore.store.offline.duckdb import conform, latest_batches
 from fstore.store.offline.export import ExportError, ExportPlan, check_output, finish_export, plan_export
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.schema import (
@@ -41,7 +41,14 @@ from fstore.store.offline.schema import (
     dead_letter_bigquery_schema,
     dead_letters_to_table,
 )
-from fstore.store.offline.sql import MATCHED_PREFIX, bigquery_export_sql, bigquery_table, bq_quote
+from fstore.store.offline.sql import (
+    MATCHED_PREFIX,
+    bigquery_export_sql,
+    bigquery_latest_sql,
+    bigquery_table,
+    bq_quote,
+    event_time_range,
+)
 
 INSERT_BATCH = 500  # rows per insertAll request (BigQuery recommends <= 500)
 ROW_GROUP_ROWS = 122_880
@@ -161,6 +168,20 @@ class BigQueryOfflineStore(OfflineStore):
         order = ", ".join(bq_quote(c) for c in (spec.key.name, spec.event_time.name, INGEST_TIME, MESSAGE_ID))
         result = self._query(f"SELECT * FROM ({self._dedup_source(spec.table_name)}) ORDER BY {order}")
         return conform(result.to_arrow(), arrow_schema(spec), spec.table_name, fill_missing=True)
+
+    def latest_rows(
+        self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """`sql.bigquery_latest_sql`, read back batch by batch; an entity version without a table has no rows."""
+        from google.api_core.exceptions import NotFound
+
+        filters = event_time_range(bq_quote(spec.event_time.name), start, end, "bigquery")
+        table = bigquery_table(self.project, self.dataset, spec.table_name)
+        try:
+            result = self._query(bigquery_latest_sql(table, spec.key.name, spec.event_time.name, filters))
+        except NotFound:
+            return
+        yield from latest_batches(spec, result.to_arrow_iterable())
 
     def dead_letters(self) -> pa.Table:
         result = self._query(

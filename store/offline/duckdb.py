@@ -13,13 +13,14 @@ after which reads skip the work.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -42,13 +43,25 @@ from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.progress import execute_with_progress
 from fstore.store.offline.recent import RecentMessageIds
 from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, dead_letters_to_table
-from fstore.store.offline.sql import duckdb_export_source, duckdb_export_sql, duckdb_history, history_filters
+from fstore.store.offline.sql import (
+    duckdb_export_source,
+    duckdb_export_sql,
+    duckdb_history,
+    duckdb_latest_sql,
+    event_time_range,
+    history_filters,
+    latest_schema,
+)
 
 SPINE_VIEW = "__fstore_spine"
 READ_ATTEMPTS = 3  # a compaction may delete a file between listing and reading it: list again and retry
 ROW_GROUP_ROWS = 122_880
 _EPOCH_DAY = date(1970, 1, 1)
 URL_OPTIONS = ("memory_limit", "threads", "temp_directory", "compact_after", "fsync")
+# `latest_rows`: its memory limit when the store sets none (DuckDB's own default is most of the machine's
+# memory), and rows per streamed batch.
+LATEST_MEMORY_LIMIT = "1GB"
+LATEST_BATCH_ROWS = 50_000
 
 
 class DuckDBOfflineStore(OfflineStore):
@@ -204,6 +217,26 @@ class DuckDBOfflineStore(OfflineStore):
 
         return conform(self._read(query), arrow_schema(spec), spec.table_name, fill_missing=True)
 
+    def latest_rows(
+        self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """`sql.duckdb_latest_sql` over the table's files, within the store's memory limit (else
+        LATEST_MEMORY_LIMIT), spilling to the temp directory beyond it. Every file is read before the first
+        batch comes out (the tie-break window needs all its candidates), so `_read` retries the query when a
+        compaction removes a file meanwhile, as for any read; the batches then stream from DuckDB's result,
+        on a connection kept open until the last one."""
+        filters = event_time_range(quote(spec.event_time.name), start, end, "duckdb")
+
+        def first(con: duckdb.DuckDBPyConnection) -> tuple[Iterator[pa.RecordBatch], pa.RecordBatch | None]:
+            sql = duckdb_latest_sql(spec.key.name, spec.event_time.name, self._history_sql(con, spec, filters))
+            batches = iter(con.sql(sql).to_arrow_reader(LATEST_BATCH_ROWS))
+            return batches, next(batches, None)
+
+        with self._connect(self.memory_limit or LATEST_MEMORY_LIMIT) as con:
+            batches, batch = self._read(first, connection=con)
+            if batch is not None:
+                yield from latest_batches(spec, itertools.chain([batch], batches))
+
     def dead_letters(self) -> pa.Table:
         def query(con: duckdb.DuckDBPyConnection) -> pa.Table:
             files = [str(p) for part in segments.partitions(self.root / DEAD_LETTERS_TABLE) for p in part.files]
@@ -309,10 +342,18 @@ class DuckDBOfflineStore(OfflineStore):
         finally:
             con.close()
 
-    def _read(self, query: Any, memory_limit: str | None = None, threads: int | None = None) -> Any:
-        """Run `query(con)`, listing files afresh and retrying when a compaction removed one meanwhile."""
+    def _read(
+        self,
+        query: Any,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        connection: duckdb.DuckDBPyConnection | None = None,
+    ) -> Any:
+        """Run `query(con)`, listing files afresh and retrying when a compaction removed one meanwhile; on
+        `connection` when given (a caller that still reads from it afterwards), else on a fresh one."""
         for attempt in range(READ_ATTEMPTS):
-            with self._connect(memory_limit, threads) as con:
+            opened = self._connect(memory_limit, threads) if connection is None else contextlib.nullcontext(connection)
+            with opened as con:
                 try:
                     return query(con)
                 except FileNotFoundError:  # a journal turned into a segment meanwhile
@@ -365,6 +406,13 @@ def conform(table: pa.Table, schema: pa.Schema, what: str, *, fill_missing: bool
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(f"{what}: column {field.name!r} is {column.type}, expected {field.type}: {exc}") from None
     return pa.Table.from_arrays(columns, schema=schema.with_metadata(None) if fill_missing else schema)
+
+
+def latest_batches(spec: EntitySpec, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A latest-rows query's batches as `sql.latest_schema(spec)` (columns a file lacks read as nulls)."""
+    schema = latest_schema(spec)
+    for batch in batches:
+        yield from conform(pa.Table.from_batches([batch]), schema, spec.table_name, fill_missing=True).to_batches()
 
 
 def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.Table]]:

@@ -11,14 +11,20 @@ found by a filter on SUPERSEDED_AT in compacted partitions and by a window only 
 fresh segments (an ASOF join on the struct (event_time, ingest_time, message_id) is exact too, but costs
 more CPU: docs/performance-notes.md). BigQuery has no ASOF join: a range join with QUALIFY ROW_NUMBER()
 does the same; sqlglot transpiles it back to DuckDB in the tests, which check that both give the same answer.
+
+The latest row per key (`fstore materialize`) follows the same order, in both dialects too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
-from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
-from fstore.store.events import utc_from_micros
+import pyarrow as pa
+
+from fstore.schema.registry import EntitySpec
+from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, arrow_schema
+from fstore.store.events import EPOCH, utc_from_micros
 from fstore.store.offline.export import EntityJoin, ExportPlan, quote
 from fstore.store.offline.spine import ROW_COLUMN
 
@@ -213,4 +219,61 @@ def bigquery_export_sql(plan: ExportPlan, project: str, dataset: str, spine_tabl
         "SELECT " + ",\n  ".join(select) + "\n"
         f"FROM {spine} AS s\n" + "\n".join(joins) + "\n"
         f"ORDER BY s.{ROW_COLUMN}"
+    )
+
+
+# --- the latest row per key (`fstore materialize`) ----------------------------------------------------
+
+# A column the latest-row queries add: how many history rows (in the time range) the row's key has, so
+# that one pass over the history also says how much of it there was.
+KEY_ROWS = "__fstore_key_rows"
+
+
+def latest_schema(spec: EntitySpec) -> pa.Schema:
+    """What `OfflineStore.latest_rows` yields: the offline table's columns, then KEY_ROWS."""
+    return arrow_schema(spec).append(pa.field(KEY_ROWS, pa.int64(), nullable=False))
+
+
+def event_time_range(time: str, start: datetime | None, end: datetime | None, dialect: str) -> list[str]:
+    """Filters on the column `time` (quoted) for event times in [start, end); None is unbounded, a naive
+    datetime is UTC."""
+    bounds = [(">=", start), ("<", end)]
+    return [f"{time} {op} {timestamp_literal(_micros(at), dialect)}" for op, at in bounds if at is not None]
+
+
+def _micros(moment: datetime) -> int:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return (aware - EPOCH) // timedelta(microseconds=1)
+
+
+def duckdb_latest_sql(key: str, time: str, history: str) -> str:
+    """Per key, the row with the greatest (event time, ingest time, message id) of `history` (a query of
+    one table's rows, each message id once: `duckdb_history`), plus KEY_ROWS.
+
+    Not one window over the whole history, which sorts every row with all its columns: the latest event
+    time per key comes from an aggregate over two narrow columns, a join keeps the rows that have it (one
+    per key but for ties), and the tie-break window sorts only those. `history` is read twice for that."""
+    k, t = quote(key), quote(time)
+    return (
+        f"SELECT h.*, last.{KEY_ROWS}\n"
+        f"FROM ({history}) AS h\n"
+        f"JOIN (SELECT {k}, max({t}) AS __fstore_last, count(*) AS {KEY_ROWS} FROM ({history}) GROUP BY {k}) AS last\n"
+        f"  ON h.{k} = last.{k} AND h.{t} = last.__fstore_last\n"
+        f"QUALIFY row_number() OVER (PARTITION BY h.{k} ORDER BY h.{INGEST_TIME} DESC, h.{MESSAGE_ID} DESC) = 1"
+    )
+
+
+def bigquery_latest_sql(table: str, key: str, time: str, filters: Sequence[str]) -> str:
+    """The same in BigQuery Standard SQL over `table` (a quoted table path), each message id once (its
+    earliest ingest): one window per key, which BigQuery spreads over its workers."""
+    where = " AND ".join(filters) or "TRUE"
+    k, t = bq_quote(key), bq_quote(time)
+    return (
+        f"SELECT *, COUNT(*) OVER (PARTITION BY {k}) AS {KEY_ROWS}\n"
+        f"FROM (\n"
+        f"  SELECT * FROM {table} WHERE {where}\n"
+        f"  QUALIFY ROW_NUMBER() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1\n"
+        f")\n"
+        f"WHERE TRUE\n"
+        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {k} ORDER BY {t} DESC, {INGEST_TIME} DESC, {MESSAGE_ID} DESC) = 1"
     )

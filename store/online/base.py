@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from google.protobuf.message import Message
 
 from fstore.schema.registry import EntitySpec, FieldSpec
@@ -49,6 +50,12 @@ class OnlineStore(ABC):
     ) -> WriteResult:
         """Compare-and-set each message on (event time, publish time): an older event never overwrites
         a newer one; an equal one is a no-op. One round trip per call."""
+
+    @abstractmethod
+    def write_rows(self, spec: EntitySpec, rows: pa.RecordBatch) -> WriteResult:
+        """`write` for rows of the offline schema (the columns of `arrow_schema(spec)` by name, others
+        ignored; at most one row per key), each row's ingest time as its publish time: the same stored
+        bytes, the same compare-and-set outcome and counts as `write` of the rows as messages."""
 
     @abstractmethod
     def read(self, spec: EntitySpec, ids: Sequence[EntityId], features: tuple[FieldSpec, ...]) -> list[Row | None]:
