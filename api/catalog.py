@@ -6,7 +6,16 @@ Built from `EntitySpec`, the same source the generated docs read, so the API and
 from __future__ import annotations
 
 from fstore.api.auth import Principal
-from fstore.api.models import EntityDetail, EntityList, EntitySummary, EntityVersionInfo, FieldInfo
+from fstore.api.models import (
+    AggregationFeature,
+    EntityDetail,
+    EntityList,
+    EntitySummary,
+    EntityVersionInfo,
+    FamilySummary,
+    FieldInfo,
+)
+from fstore.schema.aggregations import FamilySpec
 from fstore.schema.registry import EntitySpec, FieldSpec, Registry
 from fstore.store import FeatureStore
 
@@ -65,7 +74,10 @@ class Catalog:
                     description=default.description,
                 )
             )
-        return EntityList(entities=summaries)
+        families = [
+            family_summary(self.registry.family(name)) for name in self.registry.families() if principal.may_read(name)
+        ]
+        return EntityList(entities=summaries, families=families)
 
     def entity(self, name: str) -> EntityDetail:
         """Raises UnknownEntityError (404) for a name the registry lacks."""
@@ -76,3 +88,23 @@ class Catalog:
             latest_version=max(versions),
             versions=[version_info(self.registry.get(name, v)) for v in versions],
         )
+
+
+def family_summary(family: FamilySpec) -> FamilySummary:
+    return FamilySummary(
+        name=family.name,
+        source=family.source.ref,
+        group_by=family.group_by.name,
+        allowed_lateness_seconds=family.allowed_lateness // 1_000_000,
+        features=[
+            AggregationFeature(
+                name=f.name,
+                function=f.function,
+                field=f.field.name if f.field else None,
+                window=f.window_text,
+                description=f.description,
+            )
+            for f in family.features
+        ],
+        description=family.description,
+    )

@@ -77,8 +77,26 @@ class EntitySummary(BaseModel):
     description: str
 
 
+class AggregationFeature(BaseModel):
+    name: str
+    function: str = Field(description="count, sum, mean, min, max or last.")
+    field: str | None = Field(description="The event field aggregated; null for count.")
+    window: str = Field(description="e.g. 1h, 7d, lifetime (docs/aggregations.md).")
+    description: str
+
+
+class FamilySummary(BaseModel):
+    name: str = Field(description="Read like an entity: GET /v1/online/{name}.")
+    source: str = Field(description="The entity version whose events it aggregates, e.g. order/v1.")
+    group_by: str
+    allowed_lateness_seconds: int
+    features: list[AggregationFeature]
+    description: str
+
+
 class EntityList(BaseModel):
     entities: list[EntitySummary]
+    families: list[FamilySummary] = Field(description="Aggregation families (docs/aggregations.md).")
 
 
 class EntityDetail(BaseModel):

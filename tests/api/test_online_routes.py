@@ -241,6 +241,10 @@ def test_an_aggregation_family_is_read_like_an_entity(client: TestClient) -> Non
     ]
     assert client.get("/v1/online/user_orders", params={"id": "x"}).status_code == 422
     assert client.get("/v1/online/user_orders", params={"id": 7, "features": "height"}).status_code == 422
+    (listed,) = client.get("/v1/entities").json()["families"]
+    assert (listed["name"], listed["source"], listed["group_by"]) == ("user_orders", "order/v1", "user_id")
+    assert {"name": "amount_sum_7d", "function": "sum", "field": "amount", "window": "7d",
+            "description": "Spend in the last 7 days, EUR."} in listed["features"]  # fmt: skip
     cli = CliRunner().invoke(app, ["online", "get", "user_orders", "7", "--features", "order_count_7d", "--json"])
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.output)["rows"] == [{"user_id": 7, "order_count_7d": 2}]
