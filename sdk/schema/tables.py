@@ -35,6 +35,11 @@ _ARROW_KINDS: dict[str, pa.DataType] = {
 }
 
 
+def arrow_kind(kind: str) -> pa.DataType:
+    """The Arrow type of one scalar kind (`int64`, `double`, ...)."""
+    return _ARROW_KINDS[kind]
+
+
 def arrow_type(field: FieldSpec) -> pa.DataType:
     try:
         scalar = _ARROW_KINDS[field.kind]

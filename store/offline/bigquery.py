@@ -28,12 +28,21 @@ import pyarrow.parquet as pq
 
 from fstore.errors import SettingsError, StoreUnavailableError
 from fstore.schema.registry import EntitySpec, Registry
-from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema, arrow_type, bigquery_schema_fields
+from fstore.schema.tables import (
+    INGEST_TIME,
+    MESSAGE_ID,
+    TIMESTAMP,
+    arrow_kind,
+    arrow_schema,
+    arrow_type,
+    bigquery_schema_fields,
+)
 from fstore.store.events import DeadLetter, utc_from_micros
+from fstore.store.offline.aggregation_sql import bigquery_aggregation_history, bigquery_aggregation_sql
 from fstore.store.offline.base import LedgerEntry, OfflineStore
 from fstore.store.offline.bigquery_schema import add_missing_columns, plan_columns
 from fstore.store.offline.duckdb import conform, latest_batches
-from fstore.store.offline.export import ExportError, ExportPlan, check_output, finish_export, plan_export
+from fstore.store.offline.export import ExportPlan, check_output, finish_export, plan_export
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.schema import (
     DEAD_LETTER_SCHEMA,
@@ -235,19 +244,22 @@ class BigQueryOfflineStore(OfflineStore):
         """As the DuckDB backend's; `memory_limit` and `threads` do not apply (BigQuery runs the join)."""
         options = options or ExportOptions()
         plan = plan_export(self.registry, spine, features, options, self.high_water_mark)
-        if plan.aggregations:
-            names = ", ".join(a.family.name for a in plan.aggregations)
-            raise ExportError(
-                f"aggregation features ({names}) are exported by the embedded store only so far; the BigQuery "
-                "SQL for them is not wired in yet (docs/aggregations.md)"
-            )
         suffix = uuid.uuid4().hex[:12]
         spine_table, result_table = f"_fstore_spine_{suffix}", f"_fstore_export_{suffix}"
         out = Path(out)
         check_output(out, plan)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        sql = bigquery_export_sql(plan, self.project, self.dataset, spine_table)
+        spine_path = bigquery_table(self.project, self.dataset, spine_table)
+        aggregations = [
+            bigquery_aggregation_sql(
+                a.family, a.features, a.columns, spine_path,
+                bigquery_aggregation_history(a, self.project, self.dataset, plan.spine.time_bounds),
+                plan.timestamp_column,
+            )
+            for a in plan.aggregations
+        ]  # fmt: skip
+        sql = bigquery_export_sql(plan, self.project, self.dataset, spine_table, aggregations)
         try:
             self._upload_spine(plan, spine_table)
             from google.cloud import bigquery
@@ -286,6 +298,8 @@ def output_schema(plan: ExportPlan) -> pa.Schema:
     fields = [plan.spine.table.schema.field(c) for c in plan.spine.columns]
     for j in plan.joins:
         fields.extend(pa.field(c, arrow_type(f)) for f, c in zip(j.features, j.columns, strict=True))
+    for a in plan.aggregations:
+        fields.extend(pa.field(c, arrow_kind(f.result_kind)) for f, c in zip(a.features, a.columns, strict=True))
     return pa.schema(fields)
 
 

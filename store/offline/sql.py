@@ -179,9 +179,11 @@ def bigquery_table(project: str, dataset: str, table: str) -> str:
     return bq_quote(f"{project}.{dataset}.{table}")
 
 
-def bigquery_export_sql(plan: ExportPlan, project: str, dataset: str, spine_table: str) -> str:
+def bigquery_export_sql(
+    plan: ExportPlan, project: str, dataset: str, spine_table: str, aggregations: Sequence[str] = ()
+) -> str:
     """The same join in BigQuery Standard SQL. `spine_table`: the uploaded spine (plus ROW_COLUMN, and its
-    timestamp column as TIMESTAMP)."""
+    timestamp column as TIMESTAMP); `aggregations`: per `plan.aggregations`, its `bigquery_aggregation_sql`."""
     spine = bigquery_table(project, dataset, spine_table)
     ts = f"s.{bq_quote(plan.timestamp_column)}"
     ctes = []
@@ -214,6 +216,13 @@ def bigquery_export_sql(plan: ExportPlan, project: str, dataset: str, spine_tabl
             f"{alias}.{bq_quote(f.name)} AS {bq_quote(c)}" for f, c in zip(j.features, j.columns, strict=True)
         )
         joins.append(f"LEFT JOIN {alias} ON {alias}.{ROW_COLUMN} = s.{ROW_COLUMN}")
+    for n, (a, sql) in enumerate(zip(plan.aggregations, aggregations, strict=True)):
+        ctes.append(f"__agg{n} AS ({sql}\n)")
+        for feature, column in zip(a.features, a.columns, strict=True):
+            value = f"a{n}.{bq_quote(column)}"  # no counting event: COUNT and SUM are 0, the others null
+            zero = feature.function in ("count", "sum")
+            select.append(f"COALESCE({value}, 0) AS {bq_quote(column)}" if zero else f"{value} AS {bq_quote(column)}")
+        joins.append(f"LEFT JOIN __agg{n} AS a{n} ON a{n}.{ROW_COLUMN} = s.{ROW_COLUMN}")
     return (
         "WITH " + ",\n".join(ctes) + "\n"
         "SELECT " + ",\n  ".join(select) + "\n"

@@ -180,13 +180,37 @@ def test_fstore_export_computes_aggregation_features_and_reproduces_them(tmp_pat
     store.close()
 
 
-def test_bigquery_refuses_aggregation_features_until_its_sql_is_wired(tmp_path: Any) -> None:
+def test_the_bigquery_export_of_a_family_equals_duckdbs(tmp_path: Any) -> None:
+    """Through the recording stand-in (SQLGlot runs the BigQuery SQL on DuckDB): the same values as the
+    embedded store's export, floats to 1e-9 relative (BigQuery cannot order a sum, so bytes may differ)."""
+    import pyarrow.parquet as pq
+
+    from fstore.schema.tables import arrow_schema
     from fstore.store.offline.bigquery import BigQueryOfflineStore
-    from fstore.store.offline.export import ExportError
+    from fstore.store.offline.duckdb import DuckDBOfflineStore
     from tests.offline.fake_bigquery import FakeBigQueryClient
 
-    store = BigQueryOfflineStore("proj", "data", Registry.default(), client=FakeBigQueryClient("proj"))
-    spine = pa.table({"user_id": pa.array([1], pa.int64()), "event_timestamp": pa.array([T0], pa.int64()).cast(
-        pa.timestamp("us", tz="UTC"))})  # fmt: skip
-    with pytest.raises(ExportError, match="embedded store only so far"):
-        store.export_training_set(spine, ["user_orders:order_count_1h"], tmp_path / "t.parquet")
+    registry = Registry.default()
+    order = registry.get("order")
+    rng = random.Random(9)
+    history = history_table(random_events(rng, 1_500))
+    history = history.select(arrow_schema(order).names).cast(arrow_schema(order))
+    duck = DuckDBOfflineStore(tmp_path / "offline", registry, threads=2)
+    bq = BigQueryOfflineStore("proj", "data", registry, client=FakeBigQueryClient("proj"))
+    duck.write(order, history)
+    bq.write(order, history)
+    times = [T0 + rng.randrange(0, 42 * 24 * HOUR) for _ in range(300)]
+    spine = pa.table({
+        "user_id": pa.array([rng.randint(1, 6) for _ in times], pa.int64()),
+        "event_timestamp": pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    duck.export_training_set(spine, ["user_orders:*"], tmp_path / "duck.parquet")
+    manifest = bq.export_training_set(spine, ["user_orders:*"], tmp_path / "bq.parquet")
+    assert "COUNTIF" in manifest["sql"]
+    got, want = pq.read_table(tmp_path / "bq.parquet"), pq.read_table(tmp_path / "duck.parquet")
+    assert got.schema == want.schema
+    for g, w in zip(got.to_pylist(), want.to_pylist(), strict=True):
+        assert g.keys() == w.keys()
+        for name, value in w.items():
+            assert g[name] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), name
+    duck.close()
