@@ -117,7 +117,10 @@ class TileStore:
     command of one event names keys of one slot)."""
 
     def __init__(self, client: Any) -> None:
+        from redis.cluster import RedisCluster
+
         self.client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._sha: str | None = None
 
     @classmethod
@@ -168,6 +171,8 @@ class TileStore:
         if not calls:
             return 0, late
         sha = self._script()
+        if self._cluster:  # redis-py refuses scripts in a cluster pipeline: one call each, routed by key
+            return sum(int(self.client.evalsha(sha, len(keys), *keys, *args)) for keys, args in calls), late
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(sha, len(keys), *keys, *args)

@@ -123,3 +123,21 @@ def test_reads_follow_a_slot_that_moved(
         assert reread == [row_key(spec, i) for i in ids if store._cluster.keyslot(row_key(spec, i)) == slot]
     finally:
         _move_slot(cluster, slot, target, source)
+
+
+def test_aggregation_tiles_on_a_cluster(store: RedisOnlineStore) -> None:
+    """A key's tiles share one slot (hash tag); scripts go one call each, as redis-py's cluster pipeline
+    refuses them; a redelivery changes nothing."""
+    import time
+
+    from fstore.store.online.tiles import TileEvent, TileStore
+
+    family = Registry.default().family("user_orders")
+    tiles = TileStore.beside(store)
+    now = time.time_ns() // 1_000
+    events = [TileEvent(k, now - 1_000, now, f"m{k}", False, {"amount": 2.0, "status": "x"}) for k in range(40)]
+    assert tiles.apply(family, events) == (40, 0)
+    assert tiles.apply(family, events) == (0, 0)
+    rows = tiles.read(family, [1, 39, 40])
+    assert [r["order_count_1h"] for r in rows] == [1, 1, 0] and rows[0]["amount_sum_7d"] == 2.0
+    tiles.close()
