@@ -6,7 +6,6 @@ GET and POST differ only in how their arguments arrive; both end in `OnlineReade
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 
 from fstore.api.errors import TooManyIdsError
@@ -43,7 +42,7 @@ class OnlineReader:
         api.errors) and TooManyIdsError (413)."""
         if len(ids) > self.max_ids:
             raise TooManyIdsError(f"at most {self.max_ids} ids per request (api.max_ids); got {len(ids)}")
-        if entity in self.store.registry.families():
+        if self.store.registry.is_family(entity):
             return await self._read_family(entity, ids, features)
         try:
             spec = self.store.spec(entity, version)
@@ -66,9 +65,8 @@ class OnlineReader:
         """An aggregation family (docs/aggregations.md): every key has a row, its features at this moment;
         `version` is the family's source entity version."""
         family = self.store.registry.family(name)
-        chosen = [family.feature(f) for f in features] if features else list(family.features)
-        keyed = dataclasses.replace(family.source, name=family.name, key=family.group_by)
-        checked = check_ids(keyed, ids, from_text=True)
+        chosen = family.select(features)
+        checked = check_ids(family.key_spec, ids, from_text=True)
         # The tiles' reads are synchronous (a pipeline of HMGETs): off the event loop.
         rows = await asyncio.to_thread(self.store.get_online, name, checked, [f.name for f in chosen])
         self.metrics.count_rows(name, family.source.version, len(rows), 0)

@@ -31,6 +31,7 @@ from typing import Any
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.runners.direct import direct_runner, transform_evaluator
 from apache_beam.utils.timestamp import Timestamp
+from google.api_core.exceptions import DeadlineExceeded
 
 from fstore.store.events import utc_from_micros
 
@@ -210,10 +211,11 @@ class Puller:
             response = IN_FLIGHT.client.pull(
                 subscription=self.subscription, max_messages=BACKLOG_PULL, timeout=PULL_TIMEOUT_SECONDS
             )
-        except Exception as exc:  # Pub/Sub unreachable, a pull refused, or nothing came in time: pull again
-            if "Deadline" not in type(exc).__name__:
-                log.warning("pull from %s failed (%s); pulling again", self.subscription, exc)
-                time.sleep(1.0)
+        except DeadlineExceeded:  # nothing came in time: pull again
+            return []
+        except Exception as exc:  # Pub/Sub unreachable, or a pull refused: pull again, after a pause
+            log.warning("pull from %s failed (%s); pulling again", self.subscription, exc)
+            time.sleep(1.0)
             return []
         # The raw protobuf, not proto-plus wrappers: field access through the wrappers was most of the read's
         # cost (a py-spy profile of the job draining a backlog).

@@ -3,7 +3,6 @@ delegates to the online store (Redis) and the offline store (DuckDB or BigQuery)
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ class FeatureStore:
     ) -> list[Row | None]:
         """Latest values by event time, in the order of `ids`; None where unknown or expired. For an
         aggregation family (docs/aggregations.md), every key has a row: its features at the time of the read."""
-        if entity in self.registry.families():
+        if self.registry.is_family(entity):
             return self._get_aggregates(entity, ids, features)
         spec, fields, checked = self._prepare(entity, ids, features, version)
         return self.online.read(spec, checked, fields)
@@ -89,9 +88,8 @@ class FeatureStore:
         from fstore.store.online.tiles import TileStore
 
         family = self.registry.family(name)
-        chosen = [family.feature(f).name for f in features] if features else [f.name for f in family.features]
-        keyed = dataclasses.replace(family.source, name=family.name, key=family.group_by)
-        checked = check_ids(keyed, ids)
+        chosen = [f.name for f in family.select(features)]
+        checked = check_ids(family.key_spec, ids)
         if self._tiles is None:
             self._tiles = TileStore.beside(self.online)
         rows = self._tiles.read(family, checked)

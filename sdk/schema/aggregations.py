@@ -7,7 +7,9 @@ tiles implement it, and tests compare both against it. Times are integer microse
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +104,16 @@ class FamilySpec:
     allowed_lateness: int  # microseconds
     features: tuple[AggregationSpec, ...]
     description: str = ""
+
+    @property
+    def key_spec(self) -> EntitySpec:
+        """The source entity's spec under the family's name and keyed by its group-by field: what id and
+        spine checks take for the family."""
+        return dataclasses.replace(self.source, name=self.name, key=self.group_by)
+
+    def select(self, names: Sequence[str] | None) -> tuple[AggregationSpec, ...]:
+        """The named features, in that order; None: all of them. An unknown name raises."""
+        return self.features if not names else tuple(self.feature(n) for n in names)
 
     def feature(self, name: str) -> AggregationSpec:
         for f in self.features:

@@ -262,6 +262,10 @@ class Registry:
         """Aggregation families (docs/aggregations.md), read like entities: `family:feature`."""
         return sorted(self._families)
 
+    def is_family(self, name: str) -> bool:
+        """Whether `name` is an aggregation family (a set lookup: readers ask on every read)."""
+        return name in self._families
+
     def families_of(self, spec: EntitySpec) -> list[FamilySpec]:
         """The aggregation families computed from this entity version's events."""
         return [f for f in self._families.values() if f.source.ref == spec.ref]

@@ -10,7 +10,6 @@ per table when the export started), so the manifest describes exactly what was r
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -101,12 +100,11 @@ def resolve_features(
         raise ExportError("no features requested; name some, e.g. user:age or user:*")
     chosen: dict[str, list[FieldSpec]] = {}
     specs: dict[str, EntitySpec] = {}
-    families = set(registry.families())
     for ref in features:
         entity, sep, name = ref.strip().partition(":")
         if not sep or not entity or not name:
             raise ExportError(f"feature {ref!r} must look like entity:feature or entity:*")
-        if entity in families:
+        if registry.is_family(entity):
             continue  # resolve_aggregations
         if entity not in specs:
             specs[entity] = registry.get(entity, (versions or {}).get(entity))
@@ -129,7 +127,7 @@ def resolve_aggregations(
     chosen: dict[str, list[AggregationSpec]] = {}
     for ref in features:
         name, _, feature = ref.strip().partition(":")
-        if name not in registry.families():
+        if not registry.is_family(name):
             continue
         family = registry.family(name)
         picked = chosen.setdefault(name, [])
@@ -164,12 +162,10 @@ def plan_export(
         raise ExportError("no features requested; name some, e.g. user:age or user:*")
     if isinstance(features, str):
         features = [f for f in features.split(",") if f.strip()]
-    resolved = resolve_features(registry, features, versions) if _entity_refs(registry, features) else []
+    resolved = resolve_features(registry, features, versions)  # every entity feature; raises when none at all
     families = resolve_aggregations(registry, features)
-    if not resolved and not families:
-        raise ExportError("no features requested; name some, e.g. user:age or user:*")
     column_format = column_format or DEFAULT_COLUMN_FORMAT
-    keyed = [spec for spec, _ in resolved] + [_keyed_by_group(family) for family, _ in families]
+    keyed = [spec for spec, _ in resolved] + [family.key_spec for family, _ in families]
     loaded = load_spine(spine, timestamp_column or DEFAULT_TIMESTAMP_COLUMN, keyed)
     if manifest is not None:
         _check_same_inputs(manifest, loaded, resolved)
@@ -203,16 +199,6 @@ def plan_export(
     refs = tuple(f"{spec.name}:{f.name}" for spec, fields in resolved for f in fields)
     refs += tuple(f"{family.name}:{f.name}" for family, chosen in families for f in chosen)
     return ExportPlan(loaded, tuple(joins), refs, column_format, tuple(aggregations))
-
-
-def _entity_refs(registry: Registry, features: Sequence[str]) -> list[str]:
-    families = set(registry.families())
-    return [r for r in features if r.strip().partition(":")[0] not in families]
-
-
-def _keyed_by_group(family: FamilySpec) -> EntitySpec:
-    """The spine is checked for a family's group-by column as for an entity's key."""
-    return dataclasses.replace(family.source, name=family.name, key=family.group_by)
 
 
 def _column(column_format: str, entity: str, feature: str, version: int) -> str:

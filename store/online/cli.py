@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from datetime import datetime
 from typing import Any
@@ -28,7 +27,7 @@ def get(
 
     with FeatureStore.from_config() as fs:
         names = [f.strip() for f in features.split(",") if f.strip()] if features else None
-        if entity in fs.registry.families():
+        if fs.registry.is_family(entity):
             _print_family(fs, entity, ids, names, json_output)
             return
         spec = fs.spec(entity, version)
@@ -50,9 +49,8 @@ def get(
 def _print_family(fs: Any, name: str, ids: list[str], names: list[str] | None, json_output: bool) -> None:
     """An aggregation family: every key has a row, its features now (docs/aggregations.md)."""
     family = fs.registry.family(name)
-    chosen = [family.feature(n) for n in names] if names else list(family.features)
-    keyed = dataclasses.replace(family.source, name=family.name, key=family.group_by)
-    rows = fs.get_online(name, check_ids(keyed, ids, from_text=True), [f.name for f in chosen])
+    chosen = family.select(names)
+    rows = fs.get_online(name, check_ids(family.key_spec, ids, from_text=True), [f.name for f in chosen])
     if json_output:
         floats = [f.name for f in chosen if f.result_kind in ("double", "float")]
         sys.stdout.buffer.write(dumps_online_response(name, family.source.version, rows, floats) + b"\n")
