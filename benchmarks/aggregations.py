@@ -3,7 +3,7 @@ its work against the definition (`fstore.schema.aggregations.counts`) before pri
 
     .venv/bin/python benchmarks/aggregations.py read      # 10,000 keys x 50 orders over 30 days: 1 / 100-key reads
     .venv/bin/python benchmarks/aggregations.py ingest    # µs per event of the tile step beside decode + writes
-    .venv/bin/python benchmarks/aggregations.py memory    # Redis bytes per key, message-id hashes apart
+    .venv/bin/python benchmarks/aggregations.py memory    # Redis bytes per key, message-id sets apart
     .venv/bin/python benchmarks/aggregations.py export --spine-rows 100000 --events 1000000
     .venv/bin/python benchmarks/aggregations.py read --family user_orders   # the declared family instead
 
@@ -45,6 +45,7 @@ FUNCTIONS = (("count", None), ("sum", "amount"), ("mean", "amount"), ("max", "am
 STATUSES = ("placed", "paid", "shipped", "cancelled")
 # Pub/Sub message ids are decimal numbers of about 17 digits; the ids' length is what the id hashes store.
 MESSAGE_ID_BASE = 13_000_000_000_000_000
+LIVE_ID_BASE = MESSAGE_ID_BASE + 1_000_000_000  # the live stream's ids follow the history's: no id is reused
 
 
 def bench_registry(family_name: str) -> tuple[Registry, FamilySpec]:
@@ -260,7 +261,7 @@ def order_payloads(order: Any, events: int, keys: int) -> list[bytes]:
 def ingest(args: argparse.Namespace) -> None:
     """The tile step (tile_events + TileStore.apply) per event beside the entity's own path (decode + validate,
     offline batch, offline write, online write: what `streaming.py cpu` measures), batch by batch in one run,
-    on tiles that already hold `--history` orders per key (a new tile scans the older ones to retire them)."""
+    on tiles that already hold `--history` orders per key."""
     import redis
 
     from fstore.ingest.events import Event, decode_event
@@ -290,7 +291,7 @@ def ingest(args: argparse.Namespace) -> None:
             batch = payloads[start : start + args.batch]
             with parts.timing("decode+validate"):
                 results = [
-                    decode_event(registry, p, attrs, str(MESSAGE_ID_BASE + start + i), publish)
+                    decode_event(registry, p, attrs, str(LIVE_ID_BASE + start + i), publish)
                     for i, p in enumerate(batch)
                 ]
                 decoded = [e for e in results if isinstance(e, Event)]
@@ -317,7 +318,7 @@ def ingest(args: argparse.Namespace) -> None:
         stored = offline.history(order).num_rows
         offline.close()
     evalsha = script_calls["evalsha"]
-    if valid != args.events or stored != args.events or applied != args.events or evalsha != args.events:
+    if valid != args.events or stored != args.events or applied != args.events or not evalsha:
         raise SystemExit(
             f"benchmark: of {args.events} events {valid} decoded, {stored} stored offline, {applied} applied to "
             f"the tiles in {evalsha} EVALSHA calls; no figures"
@@ -342,12 +343,13 @@ def ingest(args: argparse.Namespace) -> None:
     total = sum(parts.cpu[n] + parts.redis.get(n, 0.0) for n in step)
     print(
         f"aggregation step, CPU here + in Redis: {us(total).strip()} per event per family (target <= 15 µs); "
-        f"the tile script {script_us['evalsha'] / evalsha:.1f} µs per EVALSHA in Redis (commandstats), one per event"
+        f"the tile script {script_us['evalsha'] / args.events:.1f} µs per event in Redis (commandstats), "
+        f"{evalsha:,} EVALSHA calls"
     )
     inside = {c: n for c, n in script_calls.most_common() if c not in ("evalsha", "info", "script|load")}
     print(
-        f"  inside the script, {sum(inside.values()) / evalsha:.1f} Redis commands per event: "
-        + ", ".join(f"{c.upper()} {n / evalsha:.2f}" for c, n in inside.items())
+        f"  inside the script, {sum(inside.values()) / args.events:.1f} Redis commands per event: "
+        + ", ".join(f"{c.upper()} {n / args.events:.2f}" for c, n in inside.items())
     )
 
 
@@ -356,7 +358,7 @@ def memory(args: argparse.Namespace) -> None:
     then without the message-id hashes; MEMORY USAGE of each of a sample of keys' hashes."""
     import redis
 
-    from fstore.store.online.tiles import TileStore, tile_hashes
+    from fstore.store.online.tiles import TileStore
     from fstore.testing import RedisServer
 
     _, family = bench_registry(args.family)
@@ -369,16 +371,16 @@ def memory(args: argparse.Namespace) -> None:
         load(tiles, family, events[1:])
         full = int(client.info("memory")["used_memory"])
         compared = check_reads(tiles, family, events, args.keys, args.check)
-        sizes = sorted({f.tile for f in family.features}, key=lambda t: -1 if t is None else t)
+        layout = tiles.layout(family)
         usage: dict[str, list[int]] = defaultdict(list)
         fields: dict[str, list[int]] = defaultdict(list)
         for key in random.Random(8).sample(range(1, args.keys + 1), min(args.sample, args.keys)):
-            for size in sizes:
-                label = "lifetime" if size is None else f"{size // 60_000_000} min tiles"
-                for kind, name in zip(("aggregates", "message ids"), tile_hashes(family.name, key, size), strict=True):
-                    # SAMPLES 0: every field counted, not an estimate from 5 of them
-                    usage[f"{kind}, {label}"].append(int(client.memory_usage(name, samples=0) or 0))
-                    fields[f"{kind}, {label}"].append(int(client.hlen(name)))
+            # SAMPLES 0: every member counted, not an estimate from 5 of them
+            usage["state (one string)"].append(int(client.memory_usage(layout.blob_key(key), samples=0) or 0))
+            fields["state (one string)"].append(1)
+            buckets = list(client.scan_iter(match=f"fsi:{layout.tag(key)}:*"))
+            usage["message-id sets"].append(sum(int(client.memory_usage(b, samples=0) or 0) for b in buckets))
+            fields["message-id sets"].append(sum(int(client.scard(b)) for b in buckets))
         ids = list(client.scan_iter(match="fsi:*", count=10_000))
         for start in range(0, len(ids), 1_000):
             client.delete(*ids[start : start + 1_000])  # not UNLINK: freed now, before used_memory is read
@@ -391,17 +393,14 @@ def memory(args: argparse.Namespace) -> None:
     )
     print(
         f"used_memory: {(full - empty) / args.keys:,.0f} bytes per key in all; "
-        f"{(without_ids - empty) / args.keys:,.0f} without the message-id hashes, so "
+        f"{(without_ids - empty) / args.keys:,.0f} without the message-id sets, so "
         f"{(full - without_ids) / args.keys:,.0f} for the message ids"
     )
-    print(f"MEMORY USAGE per hash, SAMPLES 0 (mean of {min(args.sample, args.keys)} keys, 0 where a key has none):")
-    for label in usage:
+    print(f"MEMORY USAGE per key, SAMPLES 0 (mean of {min(args.sample, args.keys)} keys):")
+    for label, unit in (("state (one string)", "key"), ("message-id sets", "ids")):
         print(
-            f"  {label:<32} {statistics.mean(usage[label]):8,.0f} bytes  {statistics.mean(fields[label]):6.1f} fields"
+            f"  {label:<24} {statistics.mean(usage[label]):8,.0f} bytes  {statistics.mean(fields[label]):6.1f} {unit}"
         )
-    aggregates = sum(statistics.mean(v) for k, v in usage.items() if k.startswith("aggregates"))
-    id_bytes = sum(statistics.mean(v) for k, v in usage.items() if k.startswith("message ids"))
-    print(f"  {'per key: aggregates':<32} {aggregates:8,.0f} bytes; message ids {id_bytes:,.0f} bytes")
 
 
 EXPORT_DAYS = 30

@@ -19,12 +19,11 @@ from google.protobuf.message import DecodeError, Message
 from fstore.errors import FstoreError
 from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
 from fstore.schema.registry import EntitySpec, Registry, RegistrySource
-from fstore.store.events import DeadLetter, event_time_micros, utc_from_micros
+from fstore.store.events import MAX_FUTURE_SECONDS, DeadLetter, event_time_micros, utc_from_micros
 
 # Event times outside [MIN_EVENT_TIME, now + max_future] are not "sane": a zero timestamp is an unset
 # field in disguise, and a far-future one would pin the online row until that date.
 MIN_EVENT_TIME_MICROS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
-MAX_FUTURE_SECONDS = 3_600
 # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
 VERSION_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 MAX_DETAIL_CHARS = 500  # a rejection's text quotes input: bounded, whatever the input

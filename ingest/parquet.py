@@ -27,14 +27,14 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection
 
 from fstore.errors import FstoreError
-from fstore.ingest.events import MAX_FUTURE_SECONDS, MIN_EVENT_TIME_MICROS, job_registry, launcher_registry_source
+from fstore.ingest.events import MIN_EVENT_TIME_MICROS, job_registry, launcher_registry_source
 from fstore.ingest.resources import IngestDoFn
 from fstore.ingest.transforms import DEAD_LETTERS, NAMESPACE, StoreWriter
 from fstore.schema.attributes import routing_attributes
 from fstore.schema.registry import EntitySpec
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema
 from fstore.settings import Settings
-from fstore.store.events import DeadLetter
+from fstore.store.events import MAX_FUTURE_SECONDS, DeadLetter
 from fstore.store.online.tiles import tile_events_from_table
 
 BATCH_ROWS = 500_000

@@ -18,6 +18,9 @@ from google.protobuf.message import Message
 from fstore.schema.registry import EntitySpec, FieldSpec
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Ingest dead-letters an event more than this far ahead of its ingest time (`event_time_out_of_range`): a
+# far-future one would pin the online row until that date, and aggregation tiles rely on the bound.
+MAX_FUTURE_SECONDS = 3_600
 
 
 def event_time_micros(spec: EntitySpec, message: Message) -> int:

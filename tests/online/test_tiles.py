@@ -1,8 +1,11 @@
 """Aggregation tiles in a real Redis: the merged read equals the definition's brute force at the time of the
-read, a redelivered batch changes nothing, events later than allowed are counted and left out."""
+read while time moves on (rings reusing their slots, events ahead of their ingest time, late and duplicated
+events), a redelivered batch changes nothing, events later than allowed are counted and left out, and old
+tiles expire."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -10,8 +13,9 @@ from typing import Any
 
 import redis
 
-from fstore.schema.aggregations import DAY, HOUR
+from fstore.schema.aggregations import DAY, HOUR, MINUTE, AggregationSpec, FamilySpec, tile_size
 from fstore.schema.registry import Registry
+from fstore.store.online.tile_layout import FUTURE, TileLayout
 from fstore.store.online.tiles import TileEvent, TileStore
 from fstore.testing import RedisServer
 from tests.offline.test_aggregations import brute_force, random_events
@@ -31,69 +35,183 @@ def tile_events(events: list[dict[str, Any]]) -> list[TileEvent]:
     ]
 
 
-def test_tiles_read_the_definitions_value_and_ignore_redeliveries() -> None:
+def wide_family() -> FamilySpec:
+    """`user_orders` and more: every function, a windowed LAST and two windows on one tile size."""
     family = Registry.default().family("user_orders")
+    amount, status = family.feature("amount_sum_7d").field, family.feature("last_status").field
+
+    def feature(name: str, function: str, window: int | None, field: Any = amount) -> AggregationSpec:
+        return AggregationSpec(name, function, None if function == "count" else field, window, tile_size(window))
+
+    extra = (
+        feature("amount_min_1h", "min", HOUR),
+        feature("amount_sum_6h", "sum", 6 * HOUR),
+        feature("amount_mean_30d", "mean", 30 * DAY),
+        feature("order_count_lifetime", "count", None),
+        feature("amount_max_lifetime", "max", None),
+        feature("last_status_1h", "last", HOUR, status),
+        feature("last_status_7d", "last", 7 * DAY, status),
+        feature("last_amount_30d", "last", 30 * DAY),
+    )
+    return dataclasses.replace(family, features=family.features + extra)
+
+
+def assert_definition(family: FamilySpec, rows: list[dict[str, Any]], events: list[dict[str, Any]],
+                      keys: list[int], at: int) -> None:  # fmt: skip
+    for key, row in zip(keys, rows, strict=True):
+        for feature in family.features:
+            want, got = brute_force(family, feature, events, key, at), row[feature.name]
+            if isinstance(want, float) and got is not None:
+                assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (feature.name, key, at, got, want)
+            else:
+                assert got == want, (feature.name, key, at, got, want)
+
+
+def test_tiles_read_the_definitions_value_and_ignore_redeliveries() -> None:
+    family = wide_family()
     now = time.time_ns() // 1_000
     rng = random.Random(3)
     events = [e for e in random_events(rng, 3_000, origin=now - 40 * DAY) if e["ingest_us"] <= now]
     with RedisServer() as server:
         tiles = TileStore(redis.Redis.from_url(server.url))
-        applied, late = tiles.apply(family, tile_events(events))
+        applied, late = tiles.apply(family, tile_events(events), now_us=now)
         want_late = sum(1 for e in events if not e["backfilled"] and e["ingest_us"] - e["event_us"] > HOUR)
-        assert (applied, late) == (len(events) - want_late, want_late)
-        again, _ = tiles.apply(family, tile_events(rng.sample(events, 500)))
+        assert late == want_late
+        assert 0 < applied <= len(events) - want_late  # events older than every window fold into lifetime only
+        again, _ = tiles.apply(family, tile_events(rng.sample(events, 500)), now_us=now)
         assert again == 0  # the same messages again: nothing applied
-
         rows = tiles.read(family, [1, 2, 3, 4, 5, 6], now)
-        for key, row in zip([1, 2, 3, 4, 5, 6], rows, strict=True):
-            for feature in family.features:
-                want = brute_force(family, feature, events, key, now)
-                got = row[feature.name]
-                if isinstance(want, float) and got is not None:
-                    assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (feature.name, key, got, want)
-                else:
-                    assert got == want, (feature.name, key, got, want)
+        assert_definition(family, rows, events, [1, 2, 3, 4, 5, 6], now)
         assert rows[5] == {f.name: (0 if f.function in ("count", "sum") else None) for f in family.features}
 
 
-def snapshot(client: Any) -> dict[bytes, dict[bytes, bytes]]:
-    return {key: client.hgetall(key) for key in client.scan_iter(match="fs[ai]:*")}
+def test_tiles_follow_the_definition_while_time_moves_on() -> None:
+    """Forty days of a stream, folded batch by batch as it arrives (in ingest order, shuffled within a
+    batch, some events an hour ahead of their ingest time, some late, some delivered twice), read after
+    every batch: every read equals the brute force, as the rings reuse their slots again and again."""
+    family = wide_family()
+    rng = random.Random(7)
+    origin = (time.time_ns() // 1_000) - 41 * DAY
+    events = random_events(rng, 4_000, origin=origin)
+    for e in rng.sample(events, 400):  # ahead of their ingest time, as far as ingest allows
+        if not e["backfilled"]:
+            e["ingest_us"] = e["event_us"] - rng.choice([1, 20 * MINUTE, FUTURE])
+
+    def known(e: dict[str, Any]) -> int:
+        return int(e["event_us"] if e["backfilled"] else e["ingest_us"])
+
+    events.sort(key=known)
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        done, reads = 0, 0
+        while done < len(events):
+            size = rng.choice([1, 5, 20, 100])
+            batch = events[done : done + size]
+            done += len(batch)
+            now = known(batch[-1])
+            sent = tile_events(batch + rng.sample(batch, len(batch) // 4))
+            rng.shuffle(sent)
+            tiles.apply(family, sent, now_us=now)
+            if rng.random() < 0.5:
+                at = now + rng.choice([0, 1, MINUTE])
+                later = [e for e in events[done:] if known(e) <= at]  # a read a moment later sees them too
+                tiles.apply(family, tile_events(later), now_us=at)
+                assert_definition(family, tiles.read(family, [1, 2, 3, 4, 5], at), events, [1, 2, 3, 4, 5], at)
+                reads += 1
+        assert reads > 50
+
+
+def snapshot(client: Any) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(match="fs[ai]:*"):
+        out[key] = client.get(key) if client.type(key) == b"string" else client.smembers(key)
+    return out
 
 
 def test_every_message_delivered_twice_leaves_the_same_state() -> None:
-    family = Registry.default().family("user_orders")
+    family = wide_family()
     now = time.time_ns() // 1_000
-    events = [e for e in random_events(random.Random(4), 1_000, origin=now - 10 * DAY) if e["ingest_us"] <= now]
+    events = [e for e in random_events(random.Random(4), 1_000, origin=now - 45 * DAY) if e["ingest_us"] <= now]
+    assert len(events) > 800
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         tiles = TileStore(client)
-        tiles.apply(family, tile_events(events))
+        tiles.apply(family, tile_events(events[:600]), now_us=now)
         once = snapshot(client)
-        shuffled = tile_events(events)
-        random.Random(5).shuffle(shuffled)
-        assert tiles.apply(family, shuffled)[0] == 0
-        assert snapshot(client) == once
+        # a batch holding the applied messages again and new ones: the new ones count, the old ones do not
+        mixed = tile_events(events[:600] + events[600:])
+        random.Random(5).shuffle(mixed)
+        accepted = [e for e in events[600:] if e["backfilled"] or e["ingest_us"] - e["event_us"] <= HOUR]
+        assert tiles.apply(family, mixed, now_us=now)[0] == len(accepted)
+        twice = snapshot(client)
+        assert twice != once
+        assert tiles.apply(family, mixed, now_us=now)[0] == 0
+        assert snapshot(client) == twice
+        assert_definition(family, tiles.read(family, [1, 2, 3, 4, 5], now), events, [1, 2, 3, 4, 5], now)
 
 
-def test_tiles_at_the_window_edges_and_old_tiles_retired() -> None:
+def test_tiles_at_the_window_edges() -> None:
     family = Registry.default().family("user_orders")
     hour = family.feature("order_count_1h")
-    five = 5 * 60 * 1_000_000
-    t = (time.time_ns() // 1_000) // five * five + 2 * 60 * 1_000_000  # two minutes into a tile
+    five = 5 * MINUTE
+    t = (time.time_ns() // 1_000) // five * five + 2 * MINUTE  # two minutes into a tile
     oldest = t // five * five - HOUR + five  # the window's oldest tile starts here (inclusive)
     with RedisServer() as server:
-        client = redis.Redis.from_url(server.url)
-        tiles = TileStore(client)
+        tiles = TileStore(redis.Redis.from_url(server.url))
         edge = [
             TileEvent(7, oldest, oldest, "at-edge", False, {}),
             TileEvent(7, oldest - 1, oldest - 1, "before", False, {}),
+            TileEvent(7, t, t, "at-t", False, {}),
+            TileEvent(7, t + 1, t, "just-after-t", False, {}),  # ahead of t, in t's tile: counts
+            TileEvent(7, t // five * five + five, t, "next-tile", False, {}),  # ahead, in the next tile: not yet
         ]
         tiles.apply(family, edge, now_us=t)
-        assert tiles.read(family, [7], t)[0][hour.name] == 1  # at the edge counts, a microsecond before does not
-        # four hours on, a new 5-minute tile retires the ones no window reads any more
-        later = t + 4 * HOUR
-        tiles.apply(family, [TileEvent(7, later, later, "later", False, {})], now_us=later)
-        starts = {f.split(b"|")[0] for f in client.hkeys(f"fsa:{{user_orders:7}}:{five // 1_000_000}")}
-        assert starts == {str(later // five * five // 1_000_000).encode()}
-        assert client.pttl(f"fsa:{{user_orders:7}}:{five // 1_000_000}") > 0
-        assert client.pttl("fsi:{user_orders:7}:L") == -1  # lifetime states do not expire
+        assert tiles.read(family, [7], t)[0][hour.name] == 3
+        assert tiles.read(family, [7], t + five)[0][hour.name] == 3  # the edge event left, the next tile came in
+
+
+def test_old_tiles_expire_and_lifetime_states_do_not() -> None:
+    family = Registry.default().family("user_orders")
+    windowed = dataclasses.replace(family, features=tuple(f for f in family.features if f.window is not None))
+    now = time.time_ns() // 1_000
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        tiles = TileStore(client)
+        event = TileEvent(7, now - DAY, now - DAY, "a", False, {"amount": 5.0, "status": "paid"})
+        tiles.apply(windowed, [TileEvent(7, now - DAY, now - DAY + 1, "a", False, {"amount": 5.0})], now_us=now)
+        tiles.apply(family, [event], now_us=now)
+        state = TileLayout(windowed).blob_key(7)
+        widest = max(f.window or 0 for f in windowed.features) + DAY  # 30 days and their 1-day tile
+        expires_in = client.pttl(state) * 1_000
+        assert widest - DAY < expires_in <= widest + FUTURE + HOUR  # the newest event + what a window may read
+        assert client.pttl(TileLayout(family).blob_key(7)) == -1  # a lifetime state never expires
+        buckets = list(client.scan_iter(match="fsi:*"))
+        assert buckets and all(client.pttl(b) > 0 for b in buckets)  # message ids do
+        # an event older than every window's ring: nothing to fold for the windowed family
+        assert tiles.apply(windowed, [TileEvent(7, now - 60 * DAY, now, "old", True, {})], now_us=now) == (0, 0)
+        assert tiles.read(windowed, [7], now)[0]["amount_max_30d"] == 5.0
+
+
+def test_events_outside_the_accepted_bounds_are_counted_and_left_out() -> None:
+    family = Registry.default().family("user_orders")
+    now = time.time_ns() // 1_000
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        events = [
+            TileEvent(1, now - HOUR - 1, now, "late", False, {}),
+            TileEvent(1, now - 2 * HOUR, now, "backfilled", True, {}),  # backfills are never late
+            TileEvent(1, now + FUTURE + 1, now, "too-far-ahead", False, {}),  # ingest refuses these already
+        ]
+        assert tiles.apply(family, events, now_us=now) == (1, 2)
+        assert tiles.read(family, [1], now)[0]["order_count_7d"] == 1
+
+
+def test_a_changed_family_starts_afresh() -> None:
+    family = Registry.default().family("user_orders")
+    changed = dataclasses.replace(family, features=family.features[:2])
+    now = time.time_ns() // 1_000
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        tiles.apply(family, [TileEvent(1, now, now, "a", False, {"amount": 1.0, "status": "paid"})], now_us=now)
+        assert TileLayout(changed).blob_key(1) != TileLayout(family).blob_key(1)
+        assert tiles.read(changed, [1], now)[0] == {f.name: 0 for f in changed.features}
