@@ -358,6 +358,7 @@ def memory(args: argparse.Namespace) -> None:
     then without the message-id hashes; MEMORY USAGE of each of a sample of keys' hashes."""
     import redis
 
+    from fstore.store.online.tile_layout import ID_BUCKET
     from fstore.store.online.tiles import TileStore
     from fstore.testing import RedisServer
 
@@ -376,9 +377,11 @@ def memory(args: argparse.Namespace) -> None:
         fields: dict[str, list[int]] = defaultdict(list)
         for key in random.Random(8).sample(range(1, args.keys + 1), min(args.sample, args.keys)):
             # SAMPLES 0: every member counted, not an estimate from 5 of them
-            usage["state (one string)"].append(int(client.memory_usage(layout.blob_key(key), samples=0) or 0))
-            fields["state (one string)"].append(1)
-            buckets = list(client.scan_iter(match=f"fsi:{layout.tag(key)}:*"))
+            state = [layout.blob_key(key), layout.last_key(key)]
+            usage["state (two strings)"].append(sum(int(client.memory_usage(k, samples=0) or 0) for k in state))
+            fields["state (two strings)"].append(sum(int(client.exists(k)) for k in state))
+            now_bucket = time.time_ns() // 1_000 // ID_BUCKET
+            buckets = [layout.bucket_key(key, b) for b in range(now_bucket - 6, now_bucket + 1)]  # 30 days and more
             usage["message-id sets"].append(sum(int(client.memory_usage(b, samples=0) or 0) for b in buckets))
             fields["message-id sets"].append(sum(int(client.scard(b)) for b in buckets))
         ids = list(client.scan_iter(match="fsi:*", count=10_000))
@@ -397,7 +400,7 @@ def memory(args: argparse.Namespace) -> None:
         f"{(full - without_ids) / args.keys:,.0f} for the message ids"
     )
     print(f"MEMORY USAGE per key, SAMPLES 0 (mean of {min(args.sample, args.keys)} keys):")
-    for label, unit in (("state (one string)", "key"), ("message-id sets", "ids")):
+    for label, unit in (("state (two strings)", "keys"), ("message-id sets", "ids")):
         print(
             f"  {label:<24} {statistics.mean(usage[label]):8,.0f} bytes  {statistics.mean(fields[label]):6.1f} {unit}"
         )
