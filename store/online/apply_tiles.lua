@@ -7,7 +7,8 @@
 --       per LAST: how many tiles it keeps), the empty state, then per key: bucket count; per bucket: its
 --       expiry (Unix ms), id count and the ids; the state's keep (ms after its newest event; 0: never
 --       expires); the newest event time of the batch (µs); the packed deltas (per delta: ring number, then
---       the ring's columns as little-endian doubles); LAST count; per LAST: feature number, tile, order, value.
+--       the ring's columns as little-endian doubles); the packed LAST deltas (per delta: feature number as
+--       one byte, then the entry as the LAST state stores it).
 -- A key whose batch holds a message id already applied changes nothing (its new ids are taken back) and is
 -- returned with those ids, so the caller folds it again without them: a redelivery is never counted twice.
 -- Returns a flat list: key number (1-based), duplicate count, the duplicate ids; ... (empty: all applied).
@@ -48,13 +49,11 @@ end
 -- LAST: per feature, `<u32 length>` and its entries, newest tile first, each `<double tile><u32 size>` and
 -- `order .. '\0' .. value`; a tile older than all `keep` entries can never be a window's newest one.
 -- The state is edited as a string: unpacking it into tables cost several times more.
-local function put_last(state, j, tile, order, value, keep)
+local function put_last(state, j, tile, order, entry, keep)
   local pos = 1
   for _ = 1, j - 1 do pos = pos + 4 + struct.unpack('<I4', state, pos) end
   local first = pos + 4
   local stop = first + struct.unpack('<I4', state, pos)
-  local entry = order .. '\0' .. value
-  entry = struct.pack('<dI4', tile, #entry) .. entry
   local at, newer = first, 0
   while at < stop do
     local held_tile, size = struct.unpack('<dI4', state, at)
@@ -97,9 +96,8 @@ while k <= #KEYS do
     end
   end
   k = k + 2 + bucket_count
-  local keep_ms, newest, deltas, lasts_in = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), ARGV[p + 2], tonumber(ARGV[p + 3])
-  local last_at = p + 4
-  p = last_at + 4 * lasts_in
+  local keep_ms, newest, deltas, last_deltas = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), ARGV[p + 2], ARGV[p + 3]
+  p = p + 4
   if #duplicates > 0 then
     for _, a in ipairs(added) do redis.call('SREM', a[1], a[2]) end
     conflicts[#conflicts + 1] = key_number
@@ -134,13 +132,16 @@ while k <= #KEYS do
       redis.call('SETRANGE', blob_key, 0, struct.pack('<d', newest))
       if keep_ms > 0 then redis.call('PEXPIREAT', blob_key, expire_at) end
     end
-    if lasts_in > 0 then
+    if #last_deltas > 0 then
       local state = redis.call('GET', last_key)
       if not state or #state < 4 * last_count then state = last_empty end
-      for i = 0, lasts_in - 1 do
-        local q = last_at + 4 * i
-        local j = tonumber(ARGV[q])
-        state = put_last(state, j, tonumber(ARGV[q + 1]), ARGV[q + 2], ARGV[q + 3], keeps[j])
+      local at = 1
+      while at <= #last_deltas do
+        local j = string.byte(last_deltas, at)
+        local tile, size = struct.unpack('<dI4', last_deltas, at + 1)
+        local order = string.sub(last_deltas, at + 13, string.find(last_deltas, '\0', at + 13, true) - 1)
+        state = put_last(state, j, tile, order, string.sub(last_deltas, at + 1, at + 12 + size), keeps[j])
+        at = at + 13 + size
       end
       if keep_ms > 0 then
         redis.call('SET', last_key, state, 'PXAT', expire_at)

@@ -40,7 +40,7 @@ RETENTION_MARGIN = HOUR  # kept past a tile's last reader, for clock skew betwee
 REDELIVERY_HORIZON = 7 * DAY  # Pub/Sub keeps an unacknowledged message for at most 7 days
 ID_BUCKET = 7 * DAY
 _LAYOUT_VERSION = "2"
-_U32, _ENTRY = struct.Struct("<I"), struct.Struct("<dI")
+_U32, _ENTRY, _LAST_DELTA = struct.Struct("<I"), struct.Struct("<dI"), struct.Struct("<BdI")
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
 
@@ -203,9 +203,11 @@ class TileLayout:
             expire_us = max((bucket + 1) * ID_BUCKET + self.tile_keep, now_us + REDELIVERY_HORIZON)
             args += [expire_us // 1_000, len(ids), *ids]
         packed = b"".join(struct.pack(f"<{1 + len(delta)}d", r + 1, *delta) for (r, _), delta in deltas.items())
-        args += [self.keep_ms, newest, packed, len(lasts)]
+        last_deltas = b""
         for (i, number), (order, value) in lasts.items():
-            args += [i + 1, number, order, _encode(value)]
+            entry = f"{order}\0".encode() + _encode(value)
+            last_deltas += _LAST_DELTA.pack(i + 1, number, len(entry)) + entry
+        args += [self.keep_ms, newest, packed, last_deltas]
         record.args = args
         return record
 
@@ -332,14 +334,14 @@ def _order(event: Any) -> str:
     return f"{event.event_us:020d}|{event.ingest_us:020d}|{event.message_id}"
 
 
-def _encode(value: Any) -> str | bytes:
+def _encode(value: Any) -> bytes:
     if isinstance(value, bool):
-        return "1" if value else "0"
+        return b"1" if value else b"0"
     if isinstance(value, float):
-        return repr(value)
+        return repr(value).encode()
     if isinstance(value, bytes):
         return value
-    return str(value)
+    return str(value).encode()
 
 
 def decoder(kind: str) -> Any:
