@@ -69,20 +69,6 @@ def _terms(
     return window, value, f"{window} AND {value} IS NOT NULL"
 
 
-def _aggregate(feature: AggregationSpec, event_us: str, t_us: str) -> str:
-    window, value, present = _terms(feature, event_us, t_us, _tile, quote)
-    if feature.function == "count":
-        return f"count(*) FILTER (WHERE {window})"
-    if feature.function == "last":
-        order = f"{{'t': {event_us}, 'i': e.{INGEST_TIME}, 'm': e.{MESSAGE_ID}}}"
-        return f"arg_max({value}, {order}) FILTER (WHERE {present})"
-    function = {"sum": "sum", "mean": "avg", "min": "min", "max": "max"}[feature.function]
-    # Floating-point sums depend on the order of the terms, and DuckDB's threads vary it: summing in event
-    # order keeps a rerun (`--reproduce`) byte for byte the same.
-    order = f" ORDER BY {event_us}, e.{MESSAGE_ID}" if function in ("sum", "avg") else ""
-    return f"{function}({value}{order}) FILTER (WHERE {present})"
-
-
 def aggregation_history_filters(join: AggregationJoin, bounds: tuple[int, int] | None) -> list[str]:
     """What the aggregation of one family may read of its source table: nothing past the high-water mark,
     and (for pruning) no event time outside the spine's range widened by the widest window and its tile."""
@@ -106,6 +92,76 @@ def _history_filters(
     return filters
 
 
+# Float SUM and MEAN are exact sums, so the order in which DuckDB's threads add the terms cannot change them
+# (`--reproduce` stays byte for byte) and no ordered aggregate is needed: each finite value x of a field is
+# scaled by a power of two 2^k (exact), rounded to a HUGEINT (half to even) and the HUGEINTs are summed
+# (integer sums are exact in any order); the sum is rounded once to a DOUBLE (DuckDB rounds to nearest) and
+# divided by 2^k (exact unless the result is subnormal). k is one per field and export: 125 - e(M) - e(N),
+# with 2^e(M) > M, the largest finite |x| the family reads, and 2^e(N) > N, the rows it reads, so a sum of
+# at most N terms stays below 2^125 + N/2, far from HUGEINT's 2^127; at most 1023, where 2^k is still a
+# double. A value that is a multiple of 2^-k (every double of magnitude at least M * 2^(e(N) - 72), e.g. all
+# of them within 2^-50 of M for 10^7 rows) enters the sum exactly, any other rounded by at most 2^-(k+1).
+# NaN and the infinities are not scaled but counted, beside the finite values, in one HUGEINT per value
+# whose sum keeps each count in its own 42 bits (the codes below): a sum is NaN if it has a NaN or both
+# infinities, else the infinity it has, as IEEE-754 addition gives in any order.
+SCALE_BITS = 125
+_CODE_BITS = 42
+PLUS_INF_CODE, MINUS_INF_CODE = 1 << _CODE_BITS, 1 << 2 * _CODE_BITS  # a NaN is both; a finite value is 1
+
+
+def exact_sum(feature: AggregationSpec) -> bool:
+    """Summed exactly in HUGEINTs: SUM and MEAN of a float field (integer sums are exact already)."""
+    field = feature.field
+    return feature.function in ("sum", "mean") and field is not None and field.kind in ("float", "double")
+
+
+def _scale(value: str) -> str:
+    """2^k for the values `value` over the rows in scope (an aggregate): k = 125 - e(M) - e(N) <= 1023."""
+    largest = f"max(abs({value})) FILTER (WHERE isfinite({value}) AND {value} <> 0)"
+    e_max = f"coalesce(CAST(floor(log2({largest})) AS INTEGER) + 1, -2000)"  # none: k = 1023
+    e_rows = "(CAST(floor(log2(greatest(count(*), 1))) AS INTEGER) + 1)"
+    return f"pow(2.0, least(1023, {SCALE_BITS} - {e_max} - {e_rows}))"
+
+
+class _Aggregates:
+    """The join's distinct aggregates, each computed once (a SUM and a MEAN of the same field and window
+    share their sums), named __a0, __a1, ..."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def __call__(self, sql: str, condition: str | None) -> str:
+        if condition is not None:
+            sql += f" FILTER (WHERE {condition})"
+        return "g." + self.names.setdefault(sql, f"__a{len(self.names)}")
+
+    def select(self) -> str:
+        return "".join(f",\n    {sql} AS {name}" for sql, name in self.names.items())
+
+
+class _Bounds:
+    """Per spine row, the event-time bounds of each window: the W/T tiles ending with t's tile are
+    tile(t) - W + T <= event time < tile(t) + T, computed once per spine row rather than per joined pair."""
+
+    def __init__(self, t_us: str) -> None:
+        self.t_us = t_us
+        self.columns: dict[str, str] = {}
+
+    def _column(self, name: str, sql: str) -> str:
+        self.columns.setdefault(name, sql)
+        return f"s.{name}"
+
+    def window(self, feature: AggregationSpec) -> tuple[str, str] | None:
+        if feature.window is None or feature.tile is None:
+            return None
+        size, now = feature.tile, _tile(self.t_us, feature.tile)
+        start = self._column(f"__from_{feature.window}_{size}", f"{now} + {size - feature.window}")
+        return start, self._column(f"__to_{size}", f"{now} + {size}")
+
+    def select(self) -> str:
+        return "".join(f",\n    {sql} AS {name}" for name, sql in self.columns.items())
+
+
 def duckdb_aggregation_sql(
     family: FamilySpec,
     features: Sequence[AggregationSpec],
@@ -116,31 +172,85 @@ def duckdb_aggregation_sql(
 ) -> str:
     """(ROW_COLUMN, one column per feature) for the spine rows of `spine_sql` (with ROW_COLUMN, the family's
     group-by column and `timestamp_column`) against `history_sql` (the source entity's rows, one per message
-    id, nothing past the high-water mark)."""
+    id, nothing past the high-water mark). Float sums and means are exact sums of scaled HUGEINTs (above);
+    LAST is the value with the greatest (event time, ingest time, message id)."""
     key, time = quote(family.group_by.name), quote(family.source.event_time.name)
     backfilled = " OR ".join(f"starts_with({MESSAGE_ID}, '{p}')" for p in BACKFILL_ID_PREFIXES)
-    lateness = family.allowed_lateness
-    event_us, t_us = "e.__event_us", "s.__t_us"
-    widest = _reach(features)
-    reach = "" if widest is None else f" AND e.__event_us > {t_us} - {widest}"
-    selected = ",\n    ".join(
-        f"CAST({_aggregate(f, event_us, t_us)} AS {result_type(f)}) AS {quote(c)}"
-        for f, c in zip(features, columns, strict=True)
+    bounds, aggregates = _Bounds("__t_us"), _Aggregates()
+    summed = sorted({f.field.name for f in features if exact_sum(f) and f.field is not None})
+    fields = sorted({f.field.name for f in features if f.field is not None})
+    selected = []
+    for feature, column in zip(features, columns, strict=True):
+        window = bounds.window(feature)
+        condition = None if window is None else f"e.__event_us >= {window[0]} AND e.__event_us < {window[1]}"
+        value = "" if feature.field is None else f"e.{quote(feature.field.name)}"
+        if feature.function == "count":
+            sql = aggregates("count(*)", condition)
+        elif exact_sum(feature) and feature.field is not None:
+            n = summed.index(feature.field.name)
+            total, codes = aggregates(f"sum(e.__fixed{n})", condition), aggregates(f"sum(e.__code{n})", condition)
+            finite = f"CAST({total} AS DOUBLE) / c.__scale{n}"
+            if feature.function == "mean":
+                finite = f"{finite} / CAST({codes} % {PLUS_INF_CODE} AS DOUBLE)"
+            sql = (
+                f"CASE WHEN {codes} IS NULL THEN NULL WHEN {codes} < {PLUS_INF_CODE} THEN {finite}"
+                f" WHEN {codes} < {MINUS_INF_CODE} THEN 'inf'::DOUBLE"
+                f" WHEN {codes} % {MINUS_INF_CODE} < {PLUS_INF_CODE} THEN '-inf'::DOUBLE ELSE 'nan'::DOUBLE END"
+            )
+        elif feature.function == "last":
+            sql = aggregates(f"arg_max({value}, e.__last_order)", condition)
+        else:  # MIN, MAX, and integer SUM and MEAN (exact integer sums, then one division)
+            function = {"sum": "sum", "mean": "avg", "min": "min", "max": "max"}[feature.function]
+            sql = aggregates(f"{function}({value})", condition)
+        selected.append(f"CAST({sql} AS {result_type(feature)}) AS {quote(column)}")
+    selected_sql = ",\n    ".join(selected)
+
+    windows = [bounds.window(f) for f in features]
+    reach = ""
+    if all(w is not None for w in windows):  # no lifetime feature: an event outside every window never joins
+        starts = sorted({w[0] for w in windows if w is not None})
+        ends = sorted({w[1] for w in windows if w is not None})
+        earliest = starts[0] if len(starts) == 1 else f"least({', '.join(starts)})"
+        latest = ends[0] if len(ends) == 1 else f"greatest({', '.join(ends)})"
+        reach = f" AND e.__event_us >= {earliest} AND e.__event_us < {latest}"
+    values = "".join(f", {quote(f)}" for f in fields)
+    last = ""
+    if any(f.function == "last" for f in features):
+        last = f",\n    {{'t': epoch_us({time}), 'i': {INGEST_TIME}, 'm': {MESSAGE_ID}}} AS __last_order"
+    terms = "".join(
+        f",\n    CASE WHEN isfinite({quote(f)}) THEN CAST({quote(f)} * c.__scale{n} AS HUGEINT) END AS __fixed{n}"
+        f",\n    CAST(CASE WHEN isfinite({quote(f)}) THEN 1"
+        f" WHEN isnan({quote(f)}) THEN {PLUS_INF_CODE + MINUS_INF_CODE}"
+        f" WHEN {quote(f)} > 0 THEN {PLUS_INF_CODE} WHEN {quote(f)} < 0 THEN {MINUS_INF_CODE} END AS HUGEINT)"
+        f" AS __code{n}"
+        for n, f in enumerate(summed)
     )
+    scales = ", ".join(f"{_scale(quote(f))} AS __scale{n}" for n, f in enumerate(summed)) or "NULL AS __none"
     return f"""
 WITH __spine AS (
-  SELECT {ROW_COLUMN}, {key} AS __key, epoch_us(CAST({quote(timestamp_column)} AS TIMESTAMPTZ)) AS __t_us
-  FROM ({spine_sql})
-), __events AS (
-  SELECT *, {key} AS __key, epoch_us({time}) AS __event_us,
-    CASE WHEN {backfilled} THEN epoch_us({time}) ELSE epoch_us({INGEST_TIME}) END AS __known_us
+  SELECT *{bounds.select()}
+  FROM (
+    SELECT {ROW_COLUMN}, {key} AS __key, epoch_us(CAST({quote(timestamp_column)} AS TIMESTAMPTZ)) AS __t_us
+    FROM ({spine_sql})
+  )
+), __history AS NOT MATERIALIZED (
+  SELECT {key} AS __key, epoch_us({time}) AS __event_us,
+    CASE WHEN {backfilled} THEN epoch_us({time}) ELSE epoch_us({INGEST_TIME}) END AS __known_us{values}{last}
   FROM ({history_sql})
-  WHERE ({backfilled}) OR epoch_us({INGEST_TIME}) - epoch_us({time}) <= {lateness}
+  WHERE ({backfilled}) OR epoch_us({INGEST_TIME}) - epoch_us({time}) <= {family.allowed_lateness}
+), __scales AS (
+  SELECT {scales} FROM __history
+), __events AS (
+  SELECT h.*{terms}
+  FROM __history h, __scales c
 )
-SELECT s.{ROW_COLUMN},
-    {selected}
-FROM __spine s JOIN __events e ON e.__key = s.__key AND e.__known_us <= {t_us}{reach}
-GROUP BY s.{ROW_COLUMN}"""
+SELECT g.{ROW_COLUMN},
+    {selected_sql}
+FROM (
+  SELECT s.{ROW_COLUMN}{aggregates.select()}
+  FROM __spine s JOIN __events e ON e.__key = s.__key AND e.__known_us <= s.__t_us{reach}
+  GROUP BY s.{ROW_COLUMN}
+) g, __scales c"""
 
 
 # --- BigQuery -----------------------------------------------------------------------------------------
