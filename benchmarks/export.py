@@ -192,6 +192,45 @@ def measure(which: str, args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
+FEAST_VENV = ROOT / ".fstore" / "feast-venv"
+FEAST = "feast[duckdb]==0.67.0"
+COLUMNS = ["user_id", "event_timestamp", "label"] + [
+    f"user__{f}"
+    for f in ("age", "country", "is_premium", "lifetime_orders", "avg_order_value", "favorite_categories", "embedding")
+]
+
+
+def measure_feast(args: argparse.Namespace) -> dict[str, float]:
+    """Feast in its own virtualenv (installed on first use, never a dependency of fstore), same DuckDB version."""
+    import duckdb
+
+    python = FEAST_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(FEAST_VENV)], check=True)
+        pin = f"duckdb=={duckdb.__version__}"
+        subprocess.run([str(python), "-m", "pip", "install", "-q", FEAST, pin], check=True)
+    out = args.data / "feast.parquet"
+    command = [str(python), str(ROOT / "benchmarks" / "feast_peer.py"), str(args.data), args.memory_limit]
+    command += [str(args.threads or 0), str(out)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def agree(data: Path, a: str, b: str) -> int:
+    """Rows in one answer and not the other (as multisets, both ways): 0 when both give the same rows."""
+    import duckdb
+
+    con = duckdb.connect()
+    cols = ", ".join(COLUMNS)
+    differ = 0
+    for x, y in ((a, b), (b, a)):
+        query = f"SELECT count(*) FROM (SELECT {cols} FROM '{data / x}' EXCEPT ALL SELECT {cols} FROM '{data / y}')"
+        row = con.execute(query).fetchone()
+        differ += int(row[0]) if row else 0
+    return differ
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="history rows")
@@ -202,6 +241,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fresh", action="store_true", help="history as uncompacted segments (reads dedup)")
     parser.add_argument("--repeat", type=int, default=1, help="alternate floor/fstore runs this many times")
+    parser.add_argument("--peer", choices=["feast"], help="also time Feast (own venv) and check answers agree")
     parser.add_argument("--child", choices=["floor", "fstore"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -210,8 +250,10 @@ def main() -> None:
     generate(args.data, args.rows, args.users, args.spine_rows, args.fresh)
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.repeat):
-        for which in ("floor", "fstore"):
-            result = measure(which, args)
+        for which in ("floor", "fstore", *([args.peer] if args.peer else [])):
+            result = measure_feast(args) if which == "feast" else measure(which, args)
+            if which == "feast" and (differ := agree(args.data, "train.parquet", "feast.parquet")):
+                raise SystemExit(f"benchmark: Feast and fstore disagree on {differ} rows")
             if result["rows"] != args.spine_rows:
                 raise SystemExit(f"benchmark: {which} wrote {result['rows']} rows for {args.spine_rows} spine rows")
             rate = args.spine_rows / result["seconds"]
@@ -221,6 +263,8 @@ def main() -> None:
             )
             if which not in best or result["seconds"] < best[which]["seconds"]:
                 best[which] = result
+    if "feast" in best:
+        print(f"fstore / Feast = {best['fstore']['seconds'] / best['feast']['seconds']:.2f}x wall (answers agree)")
     ratio = best["fstore"]["seconds"] / best["floor"]["seconds"]
     cpu_ratio = best["fstore"]["cpu_seconds"] / best["floor"]["cpu_seconds"]
     print(
