@@ -373,6 +373,7 @@ def memory(args: argparse.Namespace) -> None:
         full = int(client.info("memory")["used_memory"])
         compared = check_reads(tiles, family, events, args.keys, args.check)
         layout = tiles.layout(family)
+        now_bucket = time.time_ns() // 1_000 // ID_BUCKET
         usage: dict[str, list[int]] = defaultdict(list)
         fields: dict[str, list[int]] = defaultdict(list)
         for key in random.Random(8).sample(range(1, args.keys + 1), min(args.sample, args.keys)):
@@ -380,7 +381,6 @@ def memory(args: argparse.Namespace) -> None:
             state = [layout.blob_key(key), layout.last_key(key)]
             usage["state (two strings)"].append(sum(int(client.memory_usage(k, samples=0) or 0) for k in state))
             fields["state (two strings)"].append(sum(int(client.exists(k)) for k in state))
-            now_bucket = time.time_ns() // 1_000 // ID_BUCKET
             buckets = [layout.bucket_key(key, b) for b in range(now_bucket - 6, now_bucket + 1)]  # 30 days and more
             usage["message-id sets"].append(sum(int(client.memory_usage(b, samples=0) or 0) for b in buckets))
             fields["message-id sets"].append(sum(int(client.scard(b)) for b in buckets))

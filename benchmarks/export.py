@@ -34,6 +34,7 @@ DAYS = 30
 START_DATE = datetime.now(UTC).date() - timedelta(days=DAYS)
 START = f"TIMESTAMPTZ '{START_DATE} 00:00:00+00'"
 DAY_US = 86_400_000_000
+FEATURES = ("age", "country", "is_premium", "lifetime_orders", "avg_order_value", "favorite_categories", "embedding")
 
 
 def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) -> None:
@@ -106,10 +107,8 @@ def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, f
     con.execute(f"SET temp_directory='{data / 'spill'}'")
     if threads:
         con.execute(f"SET threads={threads}")
-    features = ["age", "country", "is_premium", "lifetime_orders"]
-    features += ["avg_order_value", "favorite_categories", "embedding"]
-    selected = ", ".join(f"f.user__{f}" for f in features)
-    fetched = ", ".join(f"w.{f} AS user__{f}" for f in features)
+    selected = ", ".join(f"f.user__{f}" for f in FEATURES)
+    fetched = ", ".join(f"w.{f} AS user__{f}" for f in FEATURES)
     files = data / "offline" / "user_v1" / "*" / "*.parquet"
     history = f"read_parquet('{files}', file_row_number = true)"
     position = "(file_index::BIGINT << 40) | file_row_number"
@@ -194,10 +193,7 @@ def measure(which: str, args: argparse.Namespace) -> dict[str, float]:
 
 FEAST_VENV = ROOT / ".fstore" / "feast-venv"
 FEAST = "feast[duckdb]==0.67.0"
-COLUMNS = ["user_id", "event_timestamp", "label"] + [
-    f"user__{f}"
-    for f in ("age", "country", "is_premium", "lifetime_orders", "avg_order_value", "favorite_categories", "embedding")
-]
+COLUMNS = ["user_id", "event_timestamp", "label"] + [f"user__{f}" for f in FEATURES]
 
 
 def measure_feast(args: argparse.Namespace) -> dict[str, float]:

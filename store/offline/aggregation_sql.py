@@ -179,9 +179,10 @@ def duckdb_aggregation_sql(
     bounds, aggregates = _Bounds("__t_us"), _Aggregates()
     summed = sorted({f.field.name for f in features if exact_sum(f) and f.field is not None})
     fields = sorted({f.field.name for f in features if f.field is not None})
-    selected = []
+    selected, windows = [], []
     for feature, column in zip(features, columns, strict=True):
         window = bounds.window(feature)
+        windows.append(window)
         condition = None if window is None else f"e.__event_us >= {window[0]} AND e.__event_us < {window[1]}"
         value = "" if feature.field is None else f"e.{quote(feature.field.name)}"
         if feature.function == "count":
@@ -205,7 +206,6 @@ def duckdb_aggregation_sql(
         selected.append(f"CAST({sql} AS {result_type(feature)}) AS {quote(column)}")
     selected_sql = ",\n    ".join(selected)
 
-    windows = [bounds.window(f) for f in features]
     reach = ""
     if all(w is not None for w in windows):  # no lifetime feature: an event outside every window never joins
         starts = sorted({w[0] for w in windows if w is not None})

@@ -3,7 +3,7 @@
 --
 -- KEYS, per key of the batch: its state (a string of doubles), its LAST state (a string), its message-id
 -- buckets.
--- ARGV: the layout (width in doubles, ring count, per ring: offset, slots, stride, column ops; LAST count,
+-- ARGV: the layout (ring count, per ring: offset, slots, stride, column ops; LAST count,
 --       per LAST: how many tiles it keeps), the empty state, then per key: bucket count; per bucket: its
 --       expiry (Unix ms), id count and the ids; the state's keep (ms after its newest event; 0: never
 --       expires); the newest event time of the batch (µs); the packed deltas (per delta: ring number, then
@@ -12,8 +12,8 @@
 -- A key whose batch holds a message id already applied changes nothing (its new ids are taken back) and is
 -- returned with those ids, so the caller folds it again without them: a redelivery is never counted twice.
 -- Returns a flat list: key number (1-based), duplicate count, the duplicate ids; ... (empty: all applied).
-local width, ring_count = tonumber(ARGV[1]), tonumber(ARGV[2])
-local rings, p = {}, 3
+local ring_count = tonumber(ARGV[1])
+local rings, p = {}, 2
 for r = 1, ring_count do
   local stride = tonumber(ARGV[p + 2])
   rings[r] = { offset = tonumber(ARGV[p]), n = tonumber(ARGV[p + 1]), stride = stride, ops = ARGV[p + 3],
@@ -28,22 +28,19 @@ p = p + 1
 local last_empty = string.rep('\0', 4 * last_count)
 local conflicts, k, key_number = {}, 1, 0
 
+-- A delta of the slot's own tile is merged in; one of a newer tile replaces an older tile no window reads
+-- any more; one older than the slot's tile is older than the ring holds: no window reads it any more.
 local function merge(slot, delta, ops)
-  if slot[1] == delta[1] then
-    for c = 2, #delta do
-      local op = string.byte(ops, c)
-      if op == 97 then slot[c] = slot[c] + delta[c]        -- 'a': add
-      elseif op == 109 then                                 -- 'm': min
-        if delta[c] < slot[c] then slot[c] = delta[c] end
-      elseif op == 77 then                                  -- 'M': max
-        if delta[c] > slot[c] then slot[c] = delta[c] end
-      end
+  for c = 2, #delta do
+    local op = string.byte(ops, c)
+    if op == 97 then slot[c] = slot[c] + delta[c]        -- 'a': add
+    elseif op == 109 then                                 -- 'm': min
+      if delta[c] < slot[c] then slot[c] = delta[c] end
+    elseif op == 77 then                                  -- 'M': max
+      if delta[c] > slot[c] then slot[c] = delta[c] end
     end
-    return slot
-  elseif slot[1] < delta[1] then
-    return delta  -- the slot held an older tile that no window reads any more
   end
-  return slot     -- the delta's tile is older than the ring holds: no window reads it any more
+  return slot
 end
 
 -- LAST: per feature, `<u32 length>` and its entries, newest tile first, each `<double tile><u32 size>` and
@@ -122,8 +119,8 @@ while k <= #KEYS do
       local offset = (ring.offset + (delta[1] % ring.n) * ring.stride) * 8
       local held = { struct.unpack(ring.fmt, redis.call('GETRANGE', blob_key, offset, offset + ring.stride * 8 - 1)) }
       table.remove(held)
-      local merged = merge(held, delta, ring.ops)
-      if merged ~= held or merged[1] == delta[1] then
+      if held[1] <= delta[1] then
+        local merged = held[1] == delta[1] and merge(held, delta, ring.ops) or delta
         redis.call('SETRANGE', blob_key, offset, struct.pack(ring.fmt, unpack(merged)))
       end
     end

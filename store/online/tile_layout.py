@@ -103,6 +103,7 @@ class TileLayout:
         self.rings: tuple[Ring, ...] = tuple(rings)
         self.width = offset
         self.fields = tuple(tuple(_field_columns(ring)) for ring in self.rings)
+        self.empty_slots = tuple([_EMPTY[kind] for kind, _ in ring.columns] for ring in self.rings)
         self.lasts = tuple(
             (f, next(r for r, ring in enumerate(self.rings) if ring.size == f.tile))
             for f in family.features
@@ -117,12 +118,12 @@ class TileLayout:
         lifetime = any(f.window is None for f in family.features)
         self.keep_ms = 0 if lifetime else self.tile_keep // 1_000
         self.empty = struct.pack(
-            f"<{self.width}d", -math.inf, *(_EMPTY[kind] for ring in self.rings for _ in range(ring.slots)
-                                              for kind, _ in ring.columns)
+            f"<{self.width}d", -math.inf, *(v for ring, slot in zip(self.rings, self.empty_slots, strict=True)
+                                              for _ in range(ring.slots) for v in slot)
         )  # fmt: skip
         description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr([f.name for f, _ in self.lasts])
         self.digest = hashlib.blake2b(f"{_LAYOUT_VERSION}{description}".encode(), digest_size=4).hexdigest()
-        self.script_head: list[Any] = [self.width, len(self.rings)]
+        self.script_head: list[Any] = [len(self.rings)]
         for ring in self.rings:
             self.script_head += [ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
         self.script_head += [len(self.lasts), *self.last_keeps, self.empty]
@@ -155,7 +156,7 @@ class TileLayout:
             if event.message_id in seen:
                 continue
             seen.add(event.message_id)
-            hit = False
+            hit, order = False, None
             values = event.values
             for r, ring in enumerate(self.rings):
                 number = 0 if ring.size is None else event.event_us // ring.size
@@ -165,7 +166,7 @@ class TileLayout:
                 hit = True
                 delta = deltas.get((r, number))
                 if delta is None:
-                    delta = deltas[(r, number)] = [_EMPTY[kind] for kind, _ in ring.columns]
+                    delta = deltas[(r, number)] = self.empty_slots[r].copy()
                     delta[0] = number
                 delta[1] += 1
                 for columns in self.fields[r]:
@@ -184,7 +185,8 @@ class TileLayout:
                     value = values.get(feature.field.name)
                     if value is None:
                         continue
-                    order, held = _order(event), lasts.get((i, number))
+                    order = order or _order(event)
+                    held = lasts.get((i, number))
                     if held is None or order > held[0]:
                         lasts[(i, number)] = (order, value)
             if hit:
