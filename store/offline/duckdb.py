@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,15 +36,23 @@ from fstore.store.offline import segments
 from fstore.store.offline.aggregation_sql import aggregation_history_filters, duckdb_aggregation_sql
 from fstore.store.offline.base import Compaction, CompactionResult, LedgerEntry, OfflineStore
 from fstore.store.offline.compaction import CompactionPolicy, Compactor, escape, partitions_to_fold
+from fstore.store.offline.duckdb_join import (
+    HOT_KEY_SPINE_ROWS,
+    HOT_KEYS,
+    JOURNAL_ROW,
+    JoinSource,
+    Sources,
+    duckdb_export_sql,
+    join_source,
+)
 from fstore.store.offline.export import check_output, finish_export, plan_export, quote
 from fstore.store.offline.journal import Journal, JournalGone, journal_to_segment, quarantined, read_journals
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.progress import execute_with_progress
 from fstore.store.offline.recent import RecentMessageIds
 from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, dead_letters_to_table
+from fstore.store.offline.spine import row_numbers
 from fstore.store.offline.sql import (
-    duckdb_export_source,
-    duckdb_export_sql,
     duckdb_history,
     duckdb_latest_sql,
     event_time_range,
@@ -291,26 +298,31 @@ class DuckDBOfflineStore(OfflineStore):
 
         def run(con: duckdb.DuckDBPyConnection) -> str:
             con.register(SPINE_VIEW, spine_table)
-            histories = {}
+            sources: dict[str, JoinSource] = {}
             for j in plan.joins:
-                sources = _sources(con, self.root / j.spec.table_name)
+                found = _sources(con, self.root / j.spec.table_name, numbered=True)
                 empty = self._register_empty(con, j.spec)
                 filters = history_filters(j, plan.spine.time_bounds, "duckdb")
-                histories[j.spec.table_name] = duckdb_export_source(
-                    j, sources.clean, sources.mixed, filters, empty, sources.journal
-                )
+                sources[j.spec.table_name] = join_source(j, found, filters, empty)
+            hot_keys: dict[int, str] = {}
+            for n, j in enumerate(plan.joins):
+                key = quote(j.spec.key.name)
+                query = f"SELECT {key} AS key FROM {SPINE_VIEW} GROUP BY ALL HAVING count(*) > {HOT_KEY_SPINE_ROWS}"
+                if (hot := con.sql(query).to_arrow_table()).num_rows:
+                    hot_keys[n] = f"{HOT_KEYS}{n}"
+                    con.register(hot_keys[n], hot)
             aggregations = []
             for a in plan.aggregations:
                 source = a.family.source
-                sources = _sources(con, self.root / source.table_name)
+                files = _sources(con, self.root / source.table_name)
                 empty = self._register_empty(con, source)
                 filters = aggregation_history_filters(a, plan.spine.time_bounds)
-                history = duckdb_history(sources.clean, sources.mixed, filters, empty, sources.journal)
+                history = duckdb_history(files.clean, files.mixed, filters, empty, files.journal)
                 spine_rows = f"SELECT * FROM {SPINE_VIEW}"
                 aggregations.append(
                     duckdb_aggregation_sql(a.family, a.features, a.columns, spine_rows, history, plan.timestamp_column)
                 )
-            sql = duckdb_export_sql(plan, SPINE_VIEW, histories, aggregations)
+            sql = duckdb_export_sql(plan, SPINE_VIEW, sources, hot_keys, aggregations)
             copy = f"COPY ({sql}) TO '{escape(str(tmp))}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
             execute_with_progress(con, copy, plan.spine.rows, options.progress and sys.stderr.isatty())
             return sql
@@ -427,26 +439,15 @@ def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.T
         yield _EPOCH_DAY + timedelta(days=day), table.filter(pa.array(days == day))
 
 
-@dataclass(frozen=True)
-class Sources:
-    """What a read of one table uses: files already unique by message id, files that need deduplication,
-    and the view of its journals' rows (which need it too), if any."""
-
-    clean: list[str]
-    mixed: list[str]
-    journal: str | None
-
-    @property
-    def empty(self) -> bool:
-        return not self.clean and not self.mixed and not self.journal
-
-
-def _sources(con: duckdb.DuckDBPyConnection, table_dir: Path) -> Sources:
+def _sources(con: duckdb.DuckDBPyConnection, table_dir: Path, *, numbered: bool = False) -> Sources:
+    """`numbered`: the journal view carries JOURNAL_ROW, each row's number (for the export's positions)."""
     listing = segments.listing(table_dir)
     journal = read_journals(listing.journals)
     view = None
     if journal is not None:
         view = f"__fstore_journal_{table_dir.name}"
+        if numbered:
+            journal = journal.append_column(JOURNAL_ROW, row_numbers(journal.num_rows))
         con.register(view, journal)
     return Sources([str(p) for p in listing.clean], [str(p) for p in listing.mixed], view)
 

@@ -6,18 +6,16 @@ entity has a TTL, event_time > spine timestamp - TTL; no such row gives nulls. O
 ingest_time <= the high-water mark are read, each message id once (its earliest ingest). Output rows
 keep the spine's order and columns.
 
-DuckDB runs it as an ASOF join on event time over one row per (key, event time): the tie-break winner,
-found by a filter on SUPERSEDED_AT in compacted partitions and by a window only in partitions holding
-fresh segments (an ASOF join on the struct (event_time, ingest_time, message_id) is exact too, but costs
-more CPU: docs/performance-notes.md). BigQuery has no ASOF join: a range join with QUALIFY ROW_NUMBER()
-does the same; sqlglot transpiles it back to DuckDB in the tests, which check that both give the same answer.
+DuckDB matches row positions on narrow columns first and fetches the features afterwards (duckdb_join.py).
+BigQuery has no ASOF join: a range join with QUALIFY ROW_NUMBER() does the same; sqlglot transpiles it back
+to DuckDB in the tests, which check that both give the same answer.
 
 The latest row per key (`fstore materialize`) follows the same order, in both dialects too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -94,80 +92,6 @@ def duckdb_compaction_sql(key: str, time: str, files: Sequence[str]) -> str:
     )
 
 
-def duckdb_export_source(
-    join: EntityJoin,
-    clean: Sequence[str],
-    mixed: Sequence[str],
-    filters: Sequence[str],
-    empty_view: str,
-    journal: str | None = None,
-) -> str:
-    """What the ASOF join reads of one table: per (key, event time), only the row that wins the tie-break
-    (latest ingest time, then greatest message id), each message id once, nothing past the high-water mark.
-    With one row per (key, event time), a plain ASOF join on event time is exact."""
-    key, time = quote(join.spec.key.name), quote(join.spec.event_time.name)
-    where = " AND ".join(filters) or "TRUE"
-    parts = []
-    if clean and join.high_water_mark is not None:
-        mark = timestamp_literal(join.high_water_mark, "duckdb")
-        parts.append(
-            f"SELECT * FROM read_parquet({duckdb_file_list(clean)}, union_by_name = true)\n"
-            f"  WHERE {where} AND ({SUPERSEDED_AT} IS NULL OR {SUPERSEDED_AT} > {mark})"
-        )
-    if mixed or journal:
-        unique = duckdb_history([], mixed, filters, empty_view, journal)
-        latest_first = f"{INGEST_TIME} DESC, {MESSAGE_ID} DESC"
-        parts.append(
-            f"SELECT * FROM ({unique})\n"
-            f"  QUALIFY row_number() OVER (PARTITION BY {key}, {time} ORDER BY {latest_first}) = 1"
-        )
-    if not parts:
-        parts.append(f"SELECT * FROM {empty_view}")
-    return "\n  UNION ALL BY NAME\n  ".join(parts)
-
-
-def duckdb_export_sql(
-    plan: ExportPlan, spine_view: str, histories: dict[str, str], aggregations: Sequence[str] = ()
-) -> str:
-    """`histories`: table name -> its `duckdb_export_source` query (one row per key and event time);
-    `aggregations`: per `plan.aggregations`, its `duckdb_aggregation_sql` (one row per spine row)."""
-    ts = f"CAST(s.{quote(plan.timestamp_column)} AS TIMESTAMPTZ)"
-    ctes = [f"{quote(j.spec.table_name)} AS (\n  {histories[j.spec.table_name]}\n)" for j in plan.joins]
-    ctes += [f"__agg{n} AS ({sql}\n)" for n, sql in enumerate(aggregations)]
-    select = [f"s.{quote(c)}" for c in plan.spine.columns]
-    joins = []
-    for n, j in enumerate(plan.joins):
-        alias, key, time = f"j{n}", j.spec.key.name, j.spec.event_time.name
-        fresh_enough = (
-            f"{alias}.{quote(time)} > {ts} - INTERVAL '{j.spec.ttl_seconds} seconds'" if j.spec.ttl_seconds > 0 else ""
-        )
-        for f, column in zip(j.features, j.columns, strict=True):
-            value = f"{alias}.{quote(f.name)}"
-            select.append(
-                f"CASE WHEN {fresh_enough} THEN {value} END AS {quote(column)}"
-                if fresh_enough
-                else f"{value} AS {quote(column)}"
-            )
-        key_type = "BIGINT" if j.spec.key.kind == "int64" else "VARCHAR"
-        columns = ", ".join(quote(c) for c in (key, time, *(f.name for f in j.features)))
-        joins.append(
-            f"ASOF LEFT JOIN (SELECT {columns} FROM {quote(j.spec.table_name)}) AS {alias}\n"
-            f"  ON CAST(s.{quote(key)} AS {key_type}) = {alias}.{quote(key)} AND {ts} >= {alias}.{quote(time)}"
-        )
-    for n, a in enumerate(plan.aggregations):
-        for feature, column in zip(a.features, a.columns, strict=True):
-            value = f"a{n}.{quote(column)}"  # no counting event: COUNT and SUM are 0, the others null
-            zero = feature.function in ("count", "sum")
-            select.append(f"coalesce({value}, 0) AS {quote(column)}" if zero else value)
-        joins.append(f"LEFT JOIN __agg{n} AS a{n} ON a{n}.{ROW_COLUMN} = s.{ROW_COLUMN}")
-    return (
-        "WITH " + ",\n".join(ctes) + "\n"
-        "SELECT " + ",\n  ".join(select) + "\n"
-        f"FROM {spine_view} AS s\n" + "\n".join(joins) + "\n"
-        f"ORDER BY s.{ROW_COLUMN}"
-    )
-
-
 # --- BigQuery -----------------------------------------------------------------------------------------
 
 
@@ -216,12 +140,26 @@ def bigquery_export_sql(
             f"{alias}.{bq_quote(f.name)} AS {bq_quote(c)}" for f, c in zip(j.features, j.columns, strict=True)
         )
         joins.append(f"LEFT JOIN {alias} ON {alias}.{ROW_COLUMN} = s.{ROW_COLUMN}")
+    return spine_query(plan, spine, ctes, select, joins, aggregations, bq_quote)
+
+
+def spine_query(
+    plan: ExportPlan,
+    spine: str,
+    ctes: list[str],
+    select: list[str],
+    joins: list[str],
+    aggregations: Sequence[str],
+    quoted: Callable[[str], str],
+) -> str:
+    """The export's outer query, either dialect: the spine's rows in order, each join's columns beside them,
+    then the aggregation families' (`aggregations`: one query per family, one row per spine row)."""
     for n, (a, sql) in enumerate(zip(plan.aggregations, aggregations, strict=True)):
         ctes.append(f"__agg{n} AS ({sql}\n)")
         for feature, column in zip(a.features, a.columns, strict=True):
-            value = f"a{n}.{bq_quote(column)}"  # no counting event: COUNT and SUM are 0, the others null
+            value = f"a{n}.{quoted(column)}"  # no counting event: COUNT and SUM are 0, the others null
             zero = feature.function in ("count", "sum")
-            select.append(f"COALESCE({value}, 0) AS {bq_quote(column)}" if zero else f"{value} AS {bq_quote(column)}")
+            select.append(f"COALESCE({value}, 0) AS {quoted(column)}" if zero else f"{value} AS {quoted(column)}")
         joins.append(f"LEFT JOIN __agg{n} AS a{n} ON a{n}.{ROW_COLUMN} = s.{ROW_COLUMN}")
     return (
         "WITH " + ",\n".join(ctes) + "\n"

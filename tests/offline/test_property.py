@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from fstore.schema.registry import Registry
 from fstore.store.offline.duckdb import DuckDBOfflineStore
+from fstore.store.offline.duckdb_join import HOT_KEY_SPINE_ROWS
 
 from .conftest import at, rows
 
@@ -75,6 +76,36 @@ def reference(history: list[dict[str, Any]], spine: list[tuple[int, int]]) -> li
 def test_export_matches_brute_force(
     registry: Registry, history: list[dict[str, Any]], spine: list[tuple[int, int]], batches: int, compact: bool
 ) -> None:
+    assert export_ages(registry, history, spine, batches, compact) == reference(history, spine)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    history=histories(),
+    spine=st.lists(st.tuples(st.integers(1, 4), st.sampled_from(TIMES)), max_size=12),
+    hot_key=st.integers(1, 4),
+    hot_times=st.lists(st.sampled_from(TIMES), min_size=HOT_KEY_SPINE_ROWS + 1, max_size=HOT_KEY_SPINE_ROWS + 8),
+    batches=st.integers(1, 4),
+    compact=st.booleans(),
+)
+def test_keys_with_many_spine_rows_match_brute_force(
+    registry: Registry,
+    history: list[dict[str, Any]],
+    spine: list[tuple[int, int]],
+    hot_key: int,
+    hot_times: list[int],
+    batches: int,
+    compact: bool,
+) -> None:
+    """A key with more than HOT_KEY_SPINE_ROWS spine rows takes the ASOF route (duckdb_join.py), the others
+    the hash join, in one export."""
+    spine = spine + [(hot_key, t) for t in hot_times]
+    assert export_ages(registry, history, spine, batches, compact) == reference(history, spine)
+
+
+def export_ages(
+    registry: Registry, history: list[dict[str, Any]], spine: list[tuple[int, int]], batches: int, compact: bool
+) -> list[int | None]:
     user = registry.get("user", 1)
     assert user.ttl_seconds == TTL
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,5 +120,5 @@ def test_export_matches_brute_force(
         table = pa.table({"user_id": [k for k, _ in spine], "event_timestamp": [at(t) for _, t in spine]})
         out = Path(tmp) / "train.parquet"
         store.export_training_set(table, ["user:age"], out)
-        got = pq.read_table(out).column("user__age").to_pylist()
-    assert got == reference(history, spine)
+        ages: list[int | None] = pq.read_table(out).column("user__age").to_pylist()
+        return ages
