@@ -14,6 +14,7 @@ transpile it to DuckDB with SQLGlot and require the reference's answers (tests/o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from fstore.schema.aggregations import AggregationSpec, FamilySpec
@@ -96,31 +97,68 @@ def _history_filters(
 # (`--reproduce` stays byte for byte) and no ordered aggregate is needed: each finite value x of a field is
 # scaled by a power of two 2^k (exact), rounded to a HUGEINT (half to even) and the HUGEINTs are summed
 # (integer sums are exact in any order); the sum is rounded once to a DOUBLE (DuckDB rounds to nearest) and
-# divided by 2^k (exact unless the result is subnormal). k is one per field and export: 125 - e(M) - e(N),
-# with 2^e(M) > M, the largest finite |x| the family reads, and 2^e(N) > N, the rows it reads, so a sum of
-# at most N terms stays below 2^125 + N/2, far from HUGEINT's 2^127; at most 1023, where 2^k is still a
-# double. A value that is a multiple of 2^-k (every double of magnitude at least M * 2^(e(N) - 72), e.g. all
-# of them within 2^-50 of M for 10^7 rows) enters the sum exactly, any other rounded by at most 2^-(k+1).
+# divided by 2^k (exact: an exact sum of doubles is a multiple of 2^-1074, so a subnormal one has at most 52
+# bits and the rounding to a DOUBLE left it as it was). k is one per field and export: 125 - e(M) - e(N),
+# with 2^e(M) > M, the largest finite nonzero |x| the family reads (e(M) >= -1073, a subnormal's), and
+# 2^e(N) > N, the rows it reads, so a sum of at most N terms stays below 2^125 + N/2, far from HUGEINT's
+# 2^127. k runs up to 1197 (M subnormal), past the largest power of two a DOUBLE holds (2^1023), so 2^k is
+# two factors, 2^min(k, 1023) and 2^max(k - 1023, 0), each a multiplication (a division) that is exact.
+# A value that is a multiple of 2^-k (every double of magnitude at least M * 2^(e(N) - 72), e.g. all of
+# them within 2^-50 of M for 10^7 rows; every double when k >= 1074) enters the sum exactly, so the sum is
+# math.fsum's; any other is rounded by at most 2^-(k+1) (M * N * 2^-124): a window of values far below
+# the largest the family reads elsewhere (1e-300 beside a 1e300) is exact only to that bound.
 # NaN and the infinities are not scaled but counted, beside the finite values, in one HUGEINT per value
 # whose sum keeps each count in its own 42 bits (the codes below): a sum is NaN if it has a NaN or both
 # infinities, else the infinity it has, as IEEE-754 addition gives in any order.
 SCALE_BITS = 125
+_DOUBLE_POWER = 1023  # the largest power of two that is a DOUBLE
+_SMALLEST_EXPONENT = -1073  # e(M) of the smallest subnormal, 2^-1074 (and of none at all)
 _CODE_BITS = 42
 PLUS_INF_CODE, MINUS_INF_CODE = 1 << _CODE_BITS, 1 << 2 * _CODE_BITS  # a NaN is both; a finite value is 1
 
 
+def _floating(feature: AggregationSpec) -> bool:
+    return feature.field is not None and feature.field.kind in ("float", "double")
+
+
 def exact_sum(feature: AggregationSpec) -> bool:
     """Summed exactly in HUGEINTs: SUM and MEAN of a float field (integer sums are exact already)."""
-    field = feature.field
-    return feature.function in ("sum", "mean") and field is not None and field.kind in ("float", "double")
+    return feature.function in ("sum", "mean") and _floating(feature)
 
 
-def _scale(value: str) -> str:
-    """2^k for the values `value` over the rows in scope (an aggregate): k = 125 - e(M) - e(N) <= 1023."""
-    largest = f"max(abs({value})) FILTER (WHERE isfinite({value}) AND {value} <> 0)"
-    e_max = f"coalesce(CAST(floor(log2({largest})) AS INTEGER) + 1, -2000)"  # none: k = 1023
-    e_rows = "(CAST(floor(log2(greatest(count(*), 1))) AS INTEGER) + 1)"
-    return f"pow(2.0, least(1023, {SCALE_BITS} - {e_max} - {e_rows}))"
+def _scales(fields: Sequence[str]) -> str:
+    """One row: per field (quoted) n, the two factors of 2^k, __scale<n> = 2^min(k, 1023) and __rescale<n> =
+    2^max(k - 1023, 0), k = 125 - e(M) - e(N) over the rows of __history. No field: one row of nothing
+    (it is joined to every event: it must be one row whatever the history holds)."""
+    if not fields:
+        return "SELECT NULL AS __none"
+    exponents, factors = [], []
+    for n, value in enumerate(fields):
+        largest = f"max(abs({value})) FILTER (WHERE isfinite({value}) AND {value} <> 0)"
+        e_max = f"coalesce(CAST(floor(log2({largest})) AS INTEGER) + 1, {_SMALLEST_EXPONENT})"
+        e_rows = "(CAST(floor(log2(greatest(count(*), 1))) AS INTEGER) + 1)"
+        exponents.append(f"{SCALE_BITS} - {e_max} - {e_rows} AS __k{n}")
+        factors.append(f"pow(2.0, least(__k{n}, {_DOUBLE_POWER})) AS __scale{n}")
+        factors.append(f"pow(2.0, greatest(__k{n} - {_DOUBLE_POWER}, 0)) AS __rescale{n}")
+    return f"SELECT {', '.join(factors)} FROM (SELECT {', '.join(exponents)} FROM __history)"
+
+
+# MIN and MAX of a float field are NaN when a value in the window is NaN (IEEE 754-2019's minimum and
+# maximum, BigQuery's MIN and MAX; SUM and MEAN are NaN then too), else the least or greatest value, the
+# infinities being values like any other. DuckDB orders NaN above every number, so its MAX keeps a NaN and
+# its MIN drops it: MIN is written as -MAX(-x), in both dialects, so that it says the same on either.
+# A zero MIN or MAX is +0.0: both engines hold -0.0 and 0.0 equal and keep the one they met last, which
+# would make the bytes depend on the order of the rows (adding 0.0 changes no other value); a NaN is the
+# one quiet NaN, whatever bits the NaN read had.
+_NAN = {"duckdb": ("isnan", "'nan'::DOUBLE"), "bigquery": ("IS_NAN", "CAST('NaN' AS FLOAT64)")}
+
+
+def _extreme(function: str, most: Callable[[str], str], value: str, dialect: str) -> str:
+    """A float MIN or MAX by the rule above; `most` turns a term into its MAX over the window."""
+    is_nan, nan = _NAN[dialect]
+    sign = "" if function == "max" else "-"
+    found = most(f"{sign}{value}")
+    return f"CASE WHEN {is_nan}({found}) THEN {nan} ELSE {sign}{found} + 0.0 END"
 
 
 class _Aggregates:
@@ -137,6 +175,10 @@ class _Aggregates:
 
     def select(self) -> str:
         return "".join(f",\n    {sql} AS {name}" for sql, name in self.names.items())
+
+
+def _window_max(aggregates: _Aggregates, condition: str | None, term: str) -> str:
+    return aggregates(f"max({term})", condition)
 
 
 class _Bounds:
@@ -190,7 +232,7 @@ def duckdb_aggregation_sql(
         elif exact_sum(feature) and feature.field is not None:
             n = summed.index(feature.field.name)
             total, codes = aggregates(f"sum(e.__fixed{n})", condition), aggregates(f"sum(e.__code{n})", condition)
-            finite = f"CAST({total} AS DOUBLE) / c.__scale{n}"
+            finite = f"CAST({total} AS DOUBLE) / c.__scale{n} / c.__rescale{n}"
             if feature.function == "mean":
                 finite = f"{finite} / CAST({codes} % {PLUS_INF_CODE} AS DOUBLE)"
             sql = (
@@ -200,6 +242,9 @@ def duckdb_aggregation_sql(
             )
         elif feature.function == "last":
             sql = aggregates(f"arg_max({value}, e.__last_order)", condition)
+        elif feature.function in ("min", "max") and _floating(feature):
+            most = functools.partial(_window_max, aggregates, condition)
+            sql = _extreme(feature.function, most, value, "duckdb")
         else:  # MIN, MAX, and integer SUM and MEAN (exact integer sums, then one division)
             function = {"sum": "sum", "mean": "avg", "min": "min", "max": "max"}[feature.function]
             sql = aggregates(f"{function}({value})", condition)
@@ -218,14 +263,14 @@ def duckdb_aggregation_sql(
     if any(f.function == "last" for f in features):
         last = f",\n    {{'t': epoch_us({time}), 'i': {INGEST_TIME}, 'm': {MESSAGE_ID}}} AS __last_order"
     terms = "".join(
-        f",\n    CASE WHEN isfinite({quote(f)}) THEN CAST({quote(f)} * c.__scale{n} AS HUGEINT) END AS __fixed{n}"
+        f",\n    CASE WHEN isfinite({quote(f)}) THEN CAST({quote(f)} * c.__scale{n} * c.__rescale{n} AS HUGEINT) END"
+        f" AS __fixed{n}"
         f",\n    CAST(CASE WHEN isfinite({quote(f)}) THEN 1"
         f" WHEN isnan({quote(f)}) THEN {PLUS_INF_CODE + MINUS_INF_CODE}"
         f" WHEN {quote(f)} > 0 THEN {PLUS_INF_CODE} WHEN {quote(f)} < 0 THEN {MINUS_INF_CODE} END AS HUGEINT)"
         f" AS __code{n}"
         for n, f in enumerate(summed)
     )
-    scales = ", ".join(f"{_scale(quote(f))} AS __scale{n}" for n, f in enumerate(summed)) or "NULL AS __none"
     return f"""
 WITH __spine AS (
   SELECT *{bounds.select()}
@@ -239,7 +284,7 @@ WITH __spine AS (
   FROM ({history_sql})
   WHERE ({backfilled}) OR epoch_us({INGEST_TIME}) - epoch_us({time}) <= {family.allowed_lateness}
 ), __scales AS (
-  SELECT {scales} FROM __history
+  {_scales([quote(f) for f in summed])}
 ), __events AS (
   SELECT h.*{terms}
   FROM __history h, __scales c
@@ -297,6 +342,8 @@ def _bigquery_aggregate(feature: AggregationSpec, event_us: str, t_us: str) -> s
         return f"CAST(COUNTIF({window}) AS INT64)"
     if feature.function == "last":
         return f"MAX_BY(IF({present}, {value}, NULL), IF({present}, e.__last_order, NULL))"
+    if feature.function in ("min", "max") and _floating(feature):  # NaN if any (see _extreme)
+        return _extreme(feature.function, lambda term: f"MAX(IF({present}, {term}, NULL))", value, "bigquery")
     function = {"sum": "SUM", "mean": "AVG", "min": "MIN", "max": "MAX"}[feature.function]
     aggregate = f"{function}(IF({present}, {value}, NULL))"
     if function in ("MIN", "MAX"):

@@ -214,3 +214,34 @@ def test_the_bigquery_export_of_a_family_equals_duckdbs(tmp_path: Any) -> None:
         for name, value in w.items():
             assert g[name] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), name
     duck.close()
+
+
+def test_an_export_of_features_without_a_float_sum_reads_each_event_once(tmp_path: Any) -> None:
+    """COUNT, MAX and LAST alone (no float SUM or MEAN to scale): one row per spine row and the definition's
+    counts. The scales were then a row per history row, cross-joined to every event: counts came out N times
+    too large, and every spine row N times."""
+    import pyarrow.parquet as pq
+
+    from fstore.schema.tables import arrow_schema
+    from fstore.store.offline.duckdb import DuckDBOfflineStore
+
+    registry = Registry.default()
+    order, family = registry.get("order"), registry.family("user_orders")
+    rng = random.Random(12)
+    events = random_events(rng, 300)
+    store = DuckDBOfflineStore(tmp_path / "offline", registry, threads=2)
+    store.write(order, history_table(events).select(arrow_schema(order).names).cast(arrow_schema(order)))
+    times = [T0 + rng.randrange(0, 42 * 24 * HOUR) for _ in range(50)]
+    spine = pa.table({
+        "user_id": pa.array([rng.randint(1, 6) for _ in times], pa.int64()),
+        "event_timestamp": pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    names = ["order_count_1h", "order_count_7d", "amount_max_30d", "last_status"]
+    store.export_training_set(spine, [f"user_orders:{n}" for n in names], tmp_path / "out.parquet")
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert len(rows) == len(times)
+    for row, t in zip(rows, times, strict=True):
+        for name in names:
+            want = brute_force(family, family.feature(name), events, row["user_id"], t)
+            assert row[f"user_orders__{name}"] == want, (name, row, want)
+    store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -183,3 +184,78 @@ def test_a_table_with_nothing_reads_nothing() -> None:
         history = bigquery_aggregation_history(join, PROJECT, DATASET, bounds)
         sql = bigquery_aggregation_sql(family, family.features, columns, spine, history, "ts")
         assert len(run(con, to_duckdb(sql), columns)) == rows
+
+
+def both_routes(
+    windows: Mapping[int, Sequence[float | None]],
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """test_aggregation_sums' family of every float aggregate over `windows` (user -> its amounts, all in
+    the window at AT) and user 0 with none: (BigQuery SQL transpiled, DuckDB reference), by user, a user
+    with no event (no row from either) left out."""
+    from .test_aggregation_sums import AT, edge_family, events
+
+    family = edge_family(Registry.default())
+    columns = [f.name for f in family.features]
+    rows = events(windows)
+    spine = [(row, key, AT) for row, key in enumerate([*windows, 0])]
+    join = AggregationJoin(family, family.features, tuple(columns), max(e["ingest_us"] for e in rows))
+    con = bigquery_dataset(family, history_table(rows), spine)
+    con.register("history", history_table(rows))
+    history_sql = "SELECT * FROM history WHERE " + " AND ".join(aggregation_history_filters(join, (AT, AT)))
+    spine_sql = f'SELECT * FROM "{PROJECT}".{DATASET}.{SPINE}'
+    reference = run(
+        con, duckdb_aggregation_sql(family, family.features, columns, spine_sql, history_sql, "ts"), columns
+    )
+    history = bigquery_aggregation_history(join, PROJECT, DATASET, (AT, AT))
+    uploaded = bigquery_table(PROJECT, DATASET, SPINE)
+    got = run(
+        con, to_duckdb(bigquery_aggregation_sql(family, family.features, columns, uploaded, history, "ts")), columns
+    )
+    assert got.keys() == reference.keys() == {row for row, key, _ in spine if key != 0}
+    key_of = {row: key for row, key, _ in spine}
+    return {key_of[r]: v for r, v in got.items()}, {key_of[r]: v for r, v in reference.items()}
+
+
+def close(a: Any, b: Any) -> bool:
+    """Floats to 1e-9 relative, NaN equal to NaN whatever its bits (BigQuery's SUM keeps the NaN it read)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isnan(a) == math.isnan(b) and (math.isnan(a) or math.isclose(a, b, rel_tol=1e-9))
+    return bool(a == b)
+
+
+SUMMED = ("amount_sum", "amount_sum_1h", "amount_mean", "amount_mean_1h")
+
+
+def test_nan_and_the_infinities_on_the_bigquery_route() -> None:
+    """test_aggregation_sums' NaN and infinity windows through the BigQuery SQL: SUM and MEAN NaN with a NaN
+    or both infinities, else the infinity; MIN and MAX NaN when the window has a NaN, to the bit (the quiet
+    NaN) and equal to the reference's. The BigQuery SQL writes MIN as -MAX(-x): BigQuery's own MIN is NaN
+    then too, but SQLGlot's DuckDB MIN drops a NaN, and the route must say the same on both."""
+    from .test_aggregation_sums import SPECIAL, same
+
+    got, reference = both_routes({key: values for key, (values, _, _, _) in enumerate(SPECIAL, start=1)})
+    for key, (values, total, least, greatest) in enumerate(SPECIAL, start=1):
+        row = got[key]
+        assert same(row["amount_min"], least) and same(row["amount_max"], greatest), (values, row)
+        assert all(close(row[name], total) for name in SUMMED if not math.isfinite(total)), (values, row)
+        assert all(close(row[name], reference[key][name]) for name in row), (values, row, reference[key])
+        assert all(same(row[name], reference[key][name]) for name in ("amount_min", "amount_max"))
+
+
+def test_nulls_and_finite_sums_on_the_bigquery_route() -> None:
+    """Nulls are skipped (a window of nulls: SUM NULL, which the export fills with 0, and MEAN, MIN, MAX
+    null; COUNT counts the events). BigQuery keeps FLOAT64 sums, added in whatever order its workers take,
+    so exactness is not claimed on this route: its finite sums and means equal the DuckDB reference's to
+    1e-9 relative, for well-conditioned windows (a cancelling one, [1e16, 1, -1e16], is exact on DuckDB
+    alone: test_aggregation_sums); MIN and MAX add nothing and are equal to the bit."""
+    from .test_aggregation_sums import same
+
+    windows: dict[int, list[float | None]] = {1: [None, None], 2: [None, 2.5, -1.0], 3: [0.1, 0.2, 0.3],
+                                              4: [1e-3, 3e-4], 5: [-0.0, 0.0, 7.0], 6: [-0.0]}  # fmt: skip
+    got, reference = both_routes(windows)
+    assert got[1] == {"orders": 2, **{name: None for name in [*SUMMED, "amount_min", "amount_max"]}}
+    assert (got[2]["orders"], got[2]["amount_mean"], got[2]["amount_min"], got[2]["amount_max"]) == (3, 0.75, -1.0, 2.5)
+    assert same(got[6]["amount_min"], 0.0) and same(got[6]["amount_max"], 0.0)  # a zero is +0.0
+    for key in windows:
+        assert all(close(got[key][name], reference[key][name]) for name in got[key]), (key, got[key], reference[key])
+        assert all(same(got[key][name], reference[key][name]) for name in ("amount_min", "amount_max")), key
