@@ -9,16 +9,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from fstore.schema.registry import Registry
 from fstore.settings import get_settings
-from fstore.testing import PubSubEmulator, RedisServer, ServiceUnavailable
+from fstore.testing import PubSubEmulator, RedisClusterServers, RedisServer, ServiceUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR_SET = ROOT / "clients/registry/descriptor_set.binpb"
+Service = TypeVar("Service", RedisClusterServers, PubSubEmulator)
 
 # Property tests and schemathesis draw the same examples on every run, so a red build means a change broke
 # something; FSTORE_FUZZ=random explores new examples (do that when working on a property).
@@ -69,14 +71,27 @@ def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str
     return redis_server.url
 
 
+def started(service: Service, unavailable: str) -> Service:
+    """`service`, started; the test skips (`unavailable: why`) where it cannot be started here."""
+    try:
+        service.start()
+    except ServiceUnavailable as exc:
+        pytest.skip(f"{unavailable}: {exc}")
+    return service
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """One real Redis Cluster (three primaries) for the session; tests flush its nodes themselves."""
+    servers = started(RedisClusterServers(), "cannot start a Redis Cluster here")
+    yield servers
+    servers.stop()
+
+
 @pytest.fixture(scope="session")
 def pubsub_emulator() -> Iterator[PubSubEmulator]:
     """A fresh Pub/Sub emulator per session (its memory only grows); skips where it is not installed."""
-    emulator = PubSubEmulator()
-    try:
-        emulator.start()
-    except ServiceUnavailable as exc:
-        pytest.skip(f"Pub/Sub emulator unavailable: {exc}")
+    emulator = started(PubSubEmulator(), "Pub/Sub emulator unavailable")
     yield emulator
     emulator.stop()
 

@@ -26,7 +26,7 @@ from fstore.schema.attributes import ATTR_ENTITY, ATTR_FINGERPRINT, ATTR_VERSION
 from fstore.schema.registry import EntitySpec
 from fstore.settings import get_settings, load_settings
 from fstore.store import FeatureStore
-from fstore.testing import RedisServer
+from fstore.testing import RedisClusterServers, RedisServer
 
 pytestmark = pytest.mark.emulator
 PROJECT = "fstore-local"
@@ -434,10 +434,40 @@ KEYS, ROUNDS = 1_000, 10  # 10,000 probes
 def test_aggregation_features_online_equal_the_export_at_the_same_moments(
     redis_url: str, names: dict[str, str], stream_job: Any, tmp_path: Path
 ) -> None:
-    """Parity through the real streaming job: order events (out of order, some later than the allowed
-    lateness, some published twice) in rounds; after each round drains, the online value of every user's
-    `user_orders` features at that moment; then one export of those (user, moment) pairs. Both agree, and
-    equal a brute force of the definition over the stored history."""
+    """Parity through the real streaming job on one Redis (`aggregation_parity`)."""
+    aggregation_parity(names, stream_job, tmp_path)
+
+
+def test_aggregation_features_online_equal_the_export_on_a_redis_cluster(
+    redis_cluster: RedisClusterServers,
+    names: dict[str, str],
+    stream_job: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same parity with the job, its reads and the tiles on a Redis Cluster of three primaries (a
+    key's tiles under one hash tag, scripts one call per key, reads MGET per slot): every primary holds a
+    share of the families' keys."""
+    import redis
+
+    nodes = [redis.Redis(host="127.0.0.1", port=n.port) for n in redis_cluster.nodes]
+    for node in nodes:
+        node.flushall()
+    monkeypatch.setenv("FSTORE_REDIS_URL", redis_cluster.url)
+    monkeypatch.setenv("FSTORE_REDIS__CLUSTER", "true")
+    get_settings.cache_clear()
+    aggregation_parity(names, stream_job, tmp_path)
+    states = [len(node.keys("fsa:{user_orders:*")) for node in nodes]  # one per user with orders
+    assert sum(states) > KEYS // 2 and min(states) > sum(states) // 5, states
+    for node in nodes:
+        node.close()
+
+
+def aggregation_parity(names: dict[str, str], stream_job: Any, tmp_path: Path) -> None:
+    """Parity through the real streaming job, on the Redis the settings name: order events (out of order,
+    some later than the allowed lateness, some published twice) in rounds; after each round drains, the
+    online value of every user's `user_orders` features at that moment; then one export of those (user,
+    moment) pairs. Both agree, and equal a brute force of the definition over the stored history."""
     import math
 
     import pyarrow as pa
