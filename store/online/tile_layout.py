@@ -12,10 +12,14 @@ Per key, two strings and a few sets, under one hash tag (one cluster slot):
   reads and writes it slot by slot.
 - `fsl:{...}:<layout>`, for LAST features: per feature, the newest tiles holding a value (as many as an
   event may be ahead of its ingest time, plus two; one for lifetime), newest first, each its tile number,
-  order (event time, ingest time, message id) and value. The newest tile at or before the read's is the
-  window's, whatever events ahead of their time have filled.
+  order (event time and ingest time as doubles, message id) and value. The newest tile at or before the
+  read's is the window's, whatever events ahead of their time have filled.
 - `fsi:{...}:<layout>:<bucket>`: sets of the message ids folded in, per 7 days of event time, kept while
-  a window may read their tiles and at least the redelivery horizon after the fold.
+  a window may read their tiles and at least the redelivery horizon after the fold. Each set also holds
+  the member `0` (no id maps to it), so the script knows a set it creates and gives it its expiry once.
+
+MIN and MAX are NaN once a NaN is folded in, as the offline SQL computes them (IEEE 754-2019's minimum and
+maximum); the infinities are values like any other, and a zero reads as +0.0.
 
 `<layout>` is a digest of the layout, so a family whose features change starts afresh instead of misreading
 old bytes. A read is one MGET of the keys' states; the merge runs in numpy over all keys of the read at once.
@@ -39,10 +43,14 @@ FUTURE = MAX_FUTURE_SECONDS * 1_000_000  # how far ahead of its ingest time a st
 RETENTION_MARGIN = HOUR  # kept past a tile's last reader, for clock skew between writer and reader
 REDELIVERY_HORIZON = 7 * DAY  # Pub/Sub keeps an unacknowledged message for at most 7 days
 ID_BUCKET = 7 * DAY
-_LAYOUT_VERSION = "2"
-_U32, _ENTRY, _LAST_DELTA = struct.Struct("<I"), struct.Struct("<dI"), struct.Struct("<BdI")
+_LAYOUT_VERSION = "3"
+# a LAST feature's list in its state: bytes and entry count; an entry: tile, event time, ingest time, the
+# message id's and the value's sizes, then the id and the value
+_LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
+_FEATURE = struct.Struct("<B")
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
+SENTINEL = b"0"  # in every id set: the script creating a set sees it added (no id maps to it: `_member`)
 
 
 @dataclass(frozen=True)
@@ -78,13 +86,13 @@ class FieldColumns:
 
 @dataclass
 class KeyRecord:
-    """One key's share of a batch: the events folded and the script's keys and arguments for them."""
+    """One key's share of a batch: the events folded and the script's keys and arguments for them (bytes)."""
 
     key: int | str
     events: list[Any]
     members: list[str]
-    keys: list[str] = field(default_factory=list)
-    args: list[Any] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    args: list[bytes] = field(default_factory=list)
 
 
 class TileLayout:
@@ -113,6 +121,19 @@ class TileLayout:
         self.lasts_of_ring = tuple(
             tuple((i, f) for i, (f, r) in enumerate(self.lasts) if r == ring_index) for ring_index in range(len(rings))
         )
+        # what `record` does per ring, planned once: (ring, tile size, empty slot, per field (name, column of
+        # n, sum, min, max or -1), per LAST feature (its number, its field), the delta's packing)
+        self._plan = tuple(
+            (
+                r,
+                ring.size,
+                self.empty_slots[r],
+                tuple((c.name, c.n, c.sum, c.min, c.max) for c in self.fields[r]),
+                tuple((i, f.field.name) for i, f in self.lasts_of_ring[r] if f.field is not None),
+                struct.Struct(f"<{1 + ring.stride}d"),
+            )
+            for r, ring in enumerate(self.rings)
+        )
         windowed = [(f.window or 0) + (f.tile or 0) for f in family.features if f.window is not None]
         self.tile_keep = (max(windowed) + FUTURE + RETENTION_MARGIN) if windowed else 0
         lifetime = any(f.window is None for f in family.features)
@@ -123,10 +144,11 @@ class TileLayout:
         )  # fmt: skip
         description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr([f.name for f, _ in self.lasts])
         self.digest = hashlib.blake2b(f"{_LAYOUT_VERSION}{description}".encode(), digest_size=4).hexdigest()
-        self.script_head: list[Any] = [len(self.rings)]
+        head: list[Any] = [len(self.rings)]
         for ring in self.rings:
-            self.script_head += [ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
-        self.script_head += [len(self.lasts), *self.last_keeps, self.empty]
+            head += [ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
+        head += [len(self.lasts), *self.last_keeps, self.keep_ms, self.empty]
+        self.script_head: list[bytes] = [v if isinstance(v, bytes) else str(v).encode() for v in head]
 
     def tag(self, key: int | str) -> str:
         return f"{{{self.family.name}:{key}}}"
@@ -148,69 +170,86 @@ class TileLayout:
         """Pre-aggregate one key's accepted events into per-tile deltas: the script's keys and arguments.
         None when no event reaches a tile a window still reads. A message id twice in `events` counts once."""
         deltas: dict[tuple[int, int], list[float]] = {}
-        lasts: dict[tuple[int, int], tuple[str, Any]] = {}
-        buckets: dict[int, list[str]] = {}
+        lasts: dict[tuple[int, int], tuple[tuple[int, int, str], Any]] = {}
         seen: set[str] = set()
-        folded, members, newest = [], [], -math.inf
+        folded, newest = [], -math.inf
         for event in events:
-            if event.message_id in seen:
+            message_id = event.message_id
+            if message_id in seen:
                 continue
-            seen.add(event.message_id)
-            hit, order = False, None
-            values = event.values
-            for r, ring in enumerate(self.rings):
-                number = 0 if ring.size is None else event.event_us // ring.size
+            seen.add(message_id)
+            hit, event_us, values = False, event.event_us, event.values
+            for r, size, empty, columns, last_fields, _ in self._plan:
+                number = 0 if size is None else event_us // size
                 floor = oldest[r]
                 if floor is not None and number < floor:
                     continue
                 hit = True
                 delta = deltas.get((r, number))
                 if delta is None:
-                    delta = deltas[(r, number)] = self.empty_slots[r].copy()
+                    delta = deltas[(r, number)] = empty.copy()
                     delta[0] = number
                 delta[1] += 1
-                for columns in self.fields[r]:
-                    value = values.get(columns.name)
+                for name, n, total, low, high in columns:
+                    value = values.get(name)
                     if value is None:
                         continue
-                    delta[columns.n] += 1
-                    if columns.sum >= 0:
-                        delta[columns.sum] += value
-                    if columns.min >= 0 and value < delta[columns.min]:
-                        delta[columns.min] = value
-                    if columns.max >= 0 and value > delta[columns.max]:
-                        delta[columns.max] = value
-                for i, feature in self.lasts_of_ring[r]:
-                    assert feature.field is not None
-                    value = values.get(feature.field.name)
+                    delta[n] += 1
+                    if total >= 0:
+                        delta[total] += value
+                    # a NaN stays (value != value: NaN), as offline
+                    if low >= 0 and (value < delta[low] or value != value):
+                        delta[low] = value
+                    if high >= 0 and (value > delta[high] or value != value):
+                        delta[high] = value
+                for i, name in last_fields:
+                    value = values.get(name)
                     if value is None:
                         continue
-                    order = order or _order(event)
+                    order = (event_us, event.ingest_us, message_id)
                     held = lasts.get((i, number))
                     if held is None or order > held[0]:
                         lasts[(i, number)] = (order, value)
             if hit:
                 folded.append(event)
-                member = _member(event.message_id)
-                members.append(member)
-                buckets.setdefault(event.event_us // ID_BUCKET, []).append(member)
-                newest = max(newest, event.event_us)
+                if event_us > newest:
+                    newest = event_us
         if not folded:
             return None
+        members = [_member(e.message_id) for e in folded]
+        buckets: dict[int, list[bytes]] = {}
+        for event, member in zip(folded, members, strict=True):
+            found = buckets.get(event.event_us // ID_BUCKET)
+            if found is None:
+                buckets[event.event_us // ID_BUCKET] = [member.encode()]
+            else:
+                found.append(member.encode())
         record = KeyRecord(key, folded, members)
-        record.keys = [self.blob_key(key), self.last_key(key)]
-        args: list[Any] = [len(buckets)]
-        for bucket, ids in buckets.items():
-            record.keys.append(self.bucket_key(key, bucket))
-            expire_us = max((bucket + 1) * ID_BUCKET + self.tile_keep, now_us + REDELIVERY_HORIZON)
-            args += [expire_us // 1_000, len(ids), *ids]
-        packed = b"".join(struct.pack(f"<{1 + len(delta)}d", r + 1, *delta) for (r, _), delta in deltas.items())
-        last_deltas = b""
-        for (i, number), (order, value) in lasts.items():
-            entry = f"{order}\0".encode() + _encode(value)
-            last_deltas += _LAST_DELTA.pack(i + 1, number, len(entry)) + entry
-        args += [self.keep_ms, newest, packed, last_deltas]
-        record.args = args
+        tag = self.tag(key)
+        record.keys = keys = [f"fsa:{tag}:{self.digest}".encode()]
+        if self.lasts:
+            keys.append(f"fsl:{tag}:{self.digest}".encode())
+        counts: list[float] = [newest, len(buckets)]
+        ids: list[bytes] = []
+        horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
+        for bucket, members_in in buckets.items():
+            keys.append(f"fsi:{tag}:{self.digest}:{bucket}".encode())
+            # a set's expiry is its bucket's, unless the redelivery horizon reaches further: then it moves on
+            # with every fold. Negative: the bucket's, given only to a set the script creates (it cannot change)
+            fixed_ms = ((bucket + 1) * ID_BUCKET + self.tile_keep) // 1_000
+            counts += [horizon_ms if horizon_ms > fixed_ms else -fixed_ms, len(members_in)]
+            ids += members_in
+        plan = self._plan
+        packed = b"".join(plan[r][5].pack(r + 1, *delta) for (r, _), delta in deltas.items())
+        record.args = args = [struct.pack(f"<{len(counts)}d", *counts), *ids, packed]
+        if self.lasts:
+            entries = []
+            for (i, number), ((event_us, ingest_us, message_id), value) in lasts.items():
+                mid, encoded = message_id.encode(), _encode(value)
+                entries += [
+                    _FEATURE.pack(i + 1), _ENTRY.pack(number, event_us, ingest_us, len(mid), len(encoded)), mid, encoded
+                ]  # fmt: skip
+            args.append(b"".join(entries))
         return record
 
     def merge(self, states: Sequence[bytes | None], last_states: Sequence[bytes | None], at_us: int
@@ -234,9 +273,10 @@ class TileLayout:
                         now, numbers = ring.number(at_us), block[:, :, 0]
                         masks[tiles] = (numbers > now - tiles) & (numbers <= now)
                     mask = masks[tiles]
-                values[feature.name] = _feature_values(feature, ring, block, mask)
+                with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as IEEE (and offline) say
+                    values[feature.name] = _feature_values(feature, ring, block, mask)
         if self.lasts:
-            empty = b"\0\0\0\0" * len(self.lasts)
+            empty = _LIST.pack(0, 0) * len(self.lasts)
             values.update(self._last_values([b or empty for b in last_states], at_us))
         names = [f.name for f in self.family.features]
         columns = [values[n] for n in names]
@@ -254,18 +294,20 @@ class TileLayout:
                 high = ring.number(at_us)
                 bounds.append((high - feature.window // ring.size, high, decoder(feature.field.kind)))
         out: list[list[Any]] = [[] for _ in self.lasts]
+        head, entry = _LIST.size, _ENTRY.size
         for state in states:
             pos = 0
             for column, (oldest, newest, decode) in zip(out, bounds, strict=True):
-                (length,) = _U32.unpack_from(state, pos)
-                pos, stop, found = pos + 4, pos + 4 + length, None
+                length, _ = _LIST.unpack_from(state, pos)
+                pos, stop, found = pos + head, pos + head + length, None
                 while pos < stop:
-                    number, width = _ENTRY.unpack_from(state, pos)
+                    number, _, _, id_size, value_size = _ENTRY.unpack_from(state, pos)
                     if number <= newest:
                         if number > oldest:
-                            found = decode(state[pos + 12 : pos + 12 + width].partition(b"\0")[2])
+                            start = pos + entry + id_size
+                            found = decode(state[start : start + value_size])
                         break
-                    pos += 12 + width
+                    pos += entry + id_size + value_size
                 column.append(found)
                 pos = stop
         return {feature.name: column for (feature, _), column in zip(self.lasts, out, strict=True)}
@@ -315,25 +357,22 @@ def _feature_values(feature: AggregationSpec, ring: Ring, block: Any, mask: Any)
     if feature.function == "mean":
         sums = total(ring.column("sum", name)).tolist()
         return [s / n if n else None for s, n in zip(sums, present, strict=True)]
+    # NaN once a slot holds one (numpy's min and max keep it), as offline; a zero is +0.0, as offline
     data = block[:, :, ring.column(feature.function, name)]
     if mask is not None:
         data = np.where(mask, data, math.inf if feature.function == "min" else -math.inf)
-    found = (data.min(axis=1) if feature.function == "min" else data.max(axis=1)).tolist()
-    cast = float if floating else int
-    return [cast(v) if n else None for v, n in zip(found, present, strict=True)]
+    found = data.min(axis=1) if feature.function == "min" else data.max(axis=1)
+    if floating:
+        return [v if n else None for v, n in zip((found + 0.0).tolist(), present, strict=True)]
+    return [int(v) if n else None for v, n in zip(found.tolist(), present, strict=True)]
 
 
 def _member(message_id: str) -> str:
     # Pub/Sub's ids are decimal numbers: kept as they are, a set of them is Redis's compact intset
     if message_id.isdigit() and len(message_id) <= 18 and message_id[0] != "0":
         return message_id
-    digest = hashlib.blake2b(message_id.encode(), digest_size=8).digest()
-    return str(int.from_bytes(digest, "big", signed=True))
-
-
-def _order(event: Any) -> str:
-    # compares as text in Lua: zero-padded times (events are after 2000), then the message id
-    return f"{event.event_us:020d}|{event.ingest_us:020d}|{event.message_id}"
+    digest = int.from_bytes(hashlib.blake2b(message_id.encode(), digest_size=8).digest(), "big", signed=True)
+    return str(digest) if digest else "d0"  # "0" is every set's SENTINEL
 
 
 def _encode(value: Any) -> bytes:

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from fstore.schema.aggregations import FamilySpec
+from fstore.store.online.redis import _exchange
 from fstore.store.online.tile_layout import FUTURE, KeyRecord, TileLayout
 
 APPLY = (Path(__file__).with_name("apply_tiles.lua")).read_bytes()
@@ -49,6 +52,7 @@ class TileStore:
         self.client = client
         self._cluster = isinstance(client, RedisCluster)
         self._script = client.register_script(APPLY)
+        self._sha: bytes | None = None
         self._layouts: dict[str, TileLayout] = {}
 
     @classmethod
@@ -112,11 +116,7 @@ class TileStore:
             replies = [self._script(keys=r.keys, args=[*head, *r.args]) for r in records]
         else:
             calls = [records[i : i + KEYS_PER_SCRIPT] for i in range(0, len(records), KEYS_PER_SCRIPT)]
-            pipe = self.client.pipeline(transaction=False)
-            for chunk in calls:
-                keys = [k for r in chunk for k in r.keys]
-                self._script(keys=keys, args=[*head, *(a for r in chunk for a in r.args)], client=pipe)
-            replies = pipe.execute()
+            replies = self._evalsha(layout, calls)
         duplicates: dict[int | str, set[str]] = {}
         for chunk, reply in zip(calls, replies, strict=True):
             at = 0
@@ -126,6 +126,34 @@ class TileStore:
                 duplicates[chunk[number - 1].key] = ids
                 at += 2 + count
         return duplicates
+
+    def _evalsha(self, layout: TileLayout, calls: list[list[KeyRecord]]) -> list[Any]:
+        """One EVALSHA per chunk of records, packed in RESP here and sent in one write (redis-py's packing of
+        the scripts' arguments cost more than the scripts); a Redis that lost the script (restarted) is given
+        it again and the calls redone (a call refused with NOSCRIPT did nothing)."""
+        head = _bulks(layout.script_head)
+        bodies = []
+        for chunk in calls:
+            keys = [k for r in chunk for k in r.keys]
+            args = [a for r in chunk for a in r.args]
+            count = str(len(keys)).encode()
+            size = 3 + len(keys) + len(layout.script_head) + len(args)
+            bodies.append((size, b"$%d\r\n%b\r\n" % (len(count), count) + _bulks(keys) + head + _bulks(args)))
+        for _ in range(3):
+            sha = self._sha or self._load()
+            commands = [b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n%b" % (n, len(sha), sha, body) for n, body in bodies]
+            replies = _exchange(self.client.connection_pool, commands)
+            if not any(isinstance(r, NoScriptError) for r in replies):
+                break
+            self._sha = None
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _load(self) -> bytes:
+        self._sha = str(self.client.script_load(APPLY)).encode()
+        return self._sha
 
     def read(self, family: FamilySpec, keys: Sequence[int | str], at_us: int | None = None) -> list[dict[str, Any]]:
         """Every feature of the family for each key at time `at_us` (default now; see the module's note)."""
@@ -142,20 +170,28 @@ class TileStore:
 
 def tile_events(family: FamilySpec, events: Sequence[Any]) -> list[TileEvent]:
     """The ingest job's decoded events (fstore.ingest.events.Event) of the family's source, for `apply`."""
-    source = family.source
-    names = {f.field.name for f in family.features if f.field is not None}
+    if not events:
+        return []
+    fields = events[0].message.DESCRIPTOR.fields_by_name
+    names = sorted({f.field.name for f in family.features if f.field is not None})
+    optional = [n for n in names if fields[n].has_presence]
+    plain = [n for n in names if not fields[n].has_presence]
+    time_name, key_name = family.source.event_time.name, family.group_by.name
     out = []
     for e in events:
         m = e.message
-        stamp = getattr(m, source.event_time.name)
-        values = {n: getattr(m, n) if not _has_presence(m, n) or m.HasField(n) else None for n in names}
+        stamp = getattr(m, time_name)
+        values = {n: getattr(m, n) for n in plain}
+        for n in optional:
+            values[n] = getattr(m, n) if m.HasField(n) else None
+        message_id = e.message_id
         out.append(
             TileEvent(
-                getattr(m, family.group_by.name),
+                getattr(m, key_name),
                 stamp.seconds * 1_000_000 + stamp.nanos // 1_000,
                 e.ingest_micros,
-                e.message_id,
-                e.message_id.startswith("backfill:"),
+                message_id,
+                message_id.startswith("backfill:"),
                 values,
             )
         )
@@ -182,5 +218,6 @@ def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
     ]
 
 
-def _has_presence(message: Any, name: str) -> bool:
-    return bool(message.DESCRIPTOR.fields_by_name[name].has_presence)
+def _bulks(items: Sequence[bytes]) -> bytes:
+    """Bulk strings in RESP, one after the other."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(item), item) for item in items])
