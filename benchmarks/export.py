@@ -116,14 +116,17 @@ def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, f
     # The fastest hand-written query found for fstore's answer (issue 16; compacted files, no ties left after
     # the superseded filter): arg_max of the row position over a hash join on the key (narrow columns only),
     # then the wide columns fetched by row position, in spine order.
+    # Over --fresh data (no SUPERSEDED_AT yet) the floor skips deduplication and tie-breaks: the generated
+    # history has neither duplicates nor ties, so the answer is the same; fstore cannot know that and does both.
+    fresh = json.loads((data / "generated.json").read_text())["fresh"]
+    winners = "" if fresh else " WHERE __fstore_superseded_at IS NULL"
     started, cpu = time.perf_counter(), _cpu()
     con.execute(
         f"""COPY (
           WITH m AS (
             SELECT s.r, arg_max(h.pos, h.event_time) AS pos
             FROM {spine} s
-            JOIN (SELECT user_id, event_time, {position} AS pos FROM {history}
-                  WHERE __fstore_superseded_at IS NULL) h
+            JOIN (SELECT user_id, event_time, {position} AS pos FROM {history}{winners}) h
               ON s.user_id = h.user_id AND h.event_time <= s.event_timestamp
             GROUP BY s.r),
           f AS (SELECT m.r, {fetched} FROM m JOIN (SELECT {position} AS pos, * FROM {history}) w ON w.pos = m.pos)

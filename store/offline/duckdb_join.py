@@ -37,17 +37,29 @@ _FILE_SHIFT = 40  # a file's row numbers stay below 2^40; a position is (file <<
 
 
 @dataclass(frozen=True)
+class MixedPartition:
+    """One date partition that needs deduplication (fresh segments, journals): its files and its journals'
+    rows (a view carrying JOURNAL_ROW)."""
+
+    files: list[str]
+    journal: str | None
+
+
+@dataclass(frozen=True)
 class Sources:
     """What a read of one table uses: files already unique by message id, files that need deduplication,
-    and the view of its journals' rows (which need it too), if any."""
+    and the view of its journals' rows (which need it too), if any. The export reads `partitions` instead of
+    `mixed` and `journal` (`_sources(..., numbered=True)`): a message's redeliveries and a tie's rows share
+    their event time, hence their partition, so each partition is deduplicated on its own, in memory."""
 
     clean: list[str]
     mixed: list[str]
     journal: str | None
+    partitions: tuple[MixedPartition, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.clean and not self.mixed and not self.journal
+        return not self.clean and not self.mixed and not self.journal and not self.partitions
 
 
 @dataclass(frozen=True)
@@ -60,33 +72,32 @@ class JoinSource:
 
 
 def join_source(join: EntityJoin, sources: Sources, filters: Sequence[str], empty_view: str) -> JoinSource:
-    """`sources.journal` must carry JOURNAL_ROW. `filters`: `sql.history_filters` (high-water mark, time range)."""
+    """`sources` as `_sources(..., numbered=True)` lists them; `filters`: `sql.history_filters` (high-water
+    mark, time range)."""
     key, time = quote(join.spec.key.name), quote(join.spec.event_time.name)
     features = ", ".join(quote(f.name) for f in join.features)
     where = " AND ".join(filters) or "TRUE"
-    reads = _reads(sources)
-    narrow, wide = [], []
-    clean = [r for r in reads if r.clean]
+    clean, partitions = _reads(sources)
+    narrow: list[str] = []
     if clean and join.high_water_mark is not None:
         mark = timestamp_literal(join.high_water_mark, "duckdb")
-        narrow += [
-            f"SELECT {key}, {time}, {r.position} AS {POSITION} FROM {r.relation}\n"
+        narrow.append(
+            f"SELECT {key}, {time}, {clean.position} AS {POSITION} FROM {clean.relation}\n"
             f"    WHERE {where} AND ({SUPERSEDED_AT} IS NULL OR {SUPERSEDED_AT} > {mark})"
-            for r in clean
-        ]
-    unsure = [r for r in reads if not r.clean]
-    if unsure:
+        )
+    first_ingest = f"QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1"
+    latest = f"PARTITION BY {key}, {time} ORDER BY {INGEST_TIME} DESC, {MESSAGE_ID} DESC"
+    for unsure in partitions:
         rows = "\n    UNION ALL ".join(
             f"SELECT {key}, {time}, {INGEST_TIME}, {MESSAGE_ID}, {r.position} AS {POSITION} FROM {r.relation}"
             f" WHERE {where}"
             for r in unsure
         )
-        first_ingest = f"QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1"
-        latest = f"PARTITION BY {key}, {time} ORDER BY {INGEST_TIME} DESC, {MESSAGE_ID} DESC"
         narrow.append(
             f"SELECT {key}, {time}, {POSITION} FROM (\n    SELECT * FROM ({rows}) {first_ingest}\n  )"
             f" QUALIFY row_number() OVER ({latest}) = 1"
         )
+    reads = ([clean] if clean else []) + [r for unsure in partitions for r in unsure]
     # By name, with the (empty) table of the current schema: files older than a column lack it.
     wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {where}" for r in reads]
     wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
@@ -100,21 +111,21 @@ def join_source(join: EntityJoin, sources: Sources, filters: Sequence[str], empt
 class _Read:
     relation: str
     position: str
-    clean: bool
 
 
-def _reads(sources: Sources) -> list[_Read]:
-    """Clean files, mixed files, journal rows: each with its position expression, numbered in that order."""
-    reads = []
-    if sources.clean:
-        reads.append(_Read(_parquet(sources.clean), _position("file_index", "file_row_number"), True))
-    if sources.mixed:
-        first = len(sources.clean)
-        reads.append(_Read(_parquet(sources.mixed), _position(f"{first} + file_index", "file_row_number"), False))
-    if sources.journal:
-        first = len(sources.clean) + len(sources.mixed)
-        reads.append(_Read(sources.journal, _position(str(first), JOURNAL_ROW), False))
-    return reads
+def _reads(sources: Sources) -> tuple[_Read | None, list[list[_Read]]]:
+    """The clean files' read, then per mixed partition its reads, each with its position expression: files
+    and journals are numbered in that order."""
+    clean = _Read(_parquet(sources.clean), _position("file_index", "file_row_number")) if sources.clean else None
+    first, partitions = len(sources.clean), []
+    for p in sources.partitions:
+        reads = [_Read(_parquet(p.files), _position(f"{first} + file_index", "file_row_number"))] if p.files else []
+        first += len(p.files)
+        if p.journal:
+            reads.append(_Read(p.journal, _position(str(first), JOURNAL_ROW)))
+            first += 1
+        partitions.append(reads)
+    return clean, partitions
 
 
 def _parquet(files: Sequence[str]) -> str:

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fstore.schema.registry import EntitySpec
+from fstore.schema.registry import EntitySpec, Registry
+from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.manifest import ExportOptions
 
@@ -174,3 +175,31 @@ def test_progress_bar_runs_the_query(offline: DuckDBOfflineStore, tmp_path: Path
     assert pq.read_metadata(out).num_rows == 2_000_000
     with pytest.raises(duckdb.Error, match="nope"):
         execute_with_progress(con, "SELECT * FROM nope", 10, True)
+
+
+LAYOUTS = ["journals", "segments", "segment then journal", "compacted", "compacted then journal"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_late_redelivery_does_not_win_a_tie(tmp_path: Path, registry: Registry, layout: str) -> None:
+    """Two messages at the same key and event time: the one first ingested later wins; a redelivery of the
+    other, ingested later still, changes nothing (each message counts at its earliest ingest)."""
+    user = registry.get("user", 1)
+    root = tmp_path / "offline"
+    batches = [
+        [{"key": 1, "t": 5, "ingest": 5, "id": "a", "age": 10}, {"key": 1, "t": 5, "ingest": 6, "id": "b", "age": 20}],
+        [{"key": 1, "t": 5, "ingest": 9, "id": "a", "age": 10}],  # a again, from another writer
+    ]
+    segment = CompactionPolicy(compact_after=0, journal_below_rows=1)
+    for n, batch in enumerate(batches):
+        journal = layout == "journals" or (n == 1 and layout.endswith("journal"))
+        writer = DuckDBOfflineStore(root, registry, policy=None if journal else segment)
+        writer.write(user, rows(user, *batch))
+        if n == 0 and layout.startswith("compacted"):
+            writer.compact(user)
+        if layout == "compacted" and n == 1:
+            writer.compact(user)
+    store = DuckDBOfflineStore(root, registry)
+    out = tmp_path / "train.parquet"
+    store.export_training_set(pa.table({"user_id": [1, 1], "event_timestamp": [at(5), at(4)]}), ["user:age"], out)
+    assert pq.read_table(out).column("user__age").to_pylist() == [20, None]

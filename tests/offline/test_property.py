@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fstore.schema.registry import Registry
+from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.duckdb_join import HOT_KEY_SPINE_ROWS
 
@@ -103,8 +104,31 @@ def test_keys_with_many_spine_rows_match_brute_force(
     assert export_ages(registry, history, spine, batches, compact) == reference(history, spine)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    history=histories(),
+    spine=st.lists(st.tuples(st.integers(1, 4), st.sampled_from(TIMES)), min_size=1, max_size=20),
+    batches=st.integers(2, 5),
+    compact_after=st.integers(0, 5),
+)
+def test_compacted_files_fresh_segments_and_journals_together_match_brute_force(
+    registry: Registry, history: list[dict[str, Any]], spine: list[tuple[int, int]], batches: int, compact_after: int
+) -> None:
+    """Every other batch a fresh segment, the others journals; a compaction after batch `compact_after` (none
+    when it is past the last), so a partition may hold a compacted file, fresh segments and journals at once."""
+    got = export_ages(registry, history, spine, batches, False, segments=True, compact_after=compact_after)
+    assert got == reference(history, spine)
+
+
 def export_ages(
-    registry: Registry, history: list[dict[str, Any]], spine: list[tuple[int, int]], batches: int, compact: bool
+    registry: Registry,
+    history: list[dict[str, Any]],
+    spine: list[tuple[int, int]],
+    batches: int,
+    compact: bool,
+    *,
+    segments: bool = False,
+    compact_after: int | None = None,
 ) -> list[int | None]:
     user = registry.get("user", 1)
     assert user.ttl_seconds == TTL
@@ -114,7 +138,10 @@ def export_ages(
             part = history[n::batches]
             if part:
                 # each batch from a fresh store object: duplicates across batches reach the files
-                DuckDBOfflineStore(store.root, registry).write(user, rows(user, *part))
+                policy = CompactionPolicy(compact_after=0, journal_below_rows=1) if segments and n % 2 else None
+                DuckDBOfflineStore(store.root, registry, policy=policy).write(user, rows(user, *part))
+            if n == compact_after:
+                store.compact(user)
         if compact:
             store.compact(user)
         table = pa.table({"user_id": [k for k, _ in spine], "event_timestamp": [at(t) for _, t in spine]})
