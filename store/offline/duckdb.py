@@ -49,6 +49,7 @@ from fstore.store.offline.duckdb_join import (
 from fstore.store.offline.export import check_output, finish_export, plan_export, quote
 from fstore.store.offline.journal import Journal, JournalGone, journal_to_segment, quarantined, read_journals
 from fstore.store.offline.manifest import ExportOptions, Manifest
+from fstore.store.offline.memory import default_memory_limit
 from fstore.store.offline.progress import execute_with_progress
 from fstore.store.offline.recent import RecentMessageIds
 from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS_TABLE, dead_letters_to_table
@@ -68,7 +69,6 @@ _EPOCH_DAY = date(1970, 1, 1)
 URL_OPTIONS = ("memory_limit", "threads", "temp_directory", "compact_after", "fsync")
 # `latest_rows`: its memory limit when the store sets none (DuckDB's own default is most of the machine's
 # memory), and rows per streamed batch.
-LATEST_MEMORY_LIMIT = "1GB"
 LATEST_BATCH_ROWS = 50_000
 
 
@@ -228,8 +228,8 @@ class DuckDBOfflineStore(OfflineStore):
     def latest_rows(
         self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
     ) -> Iterator[pa.RecordBatch]:
-        """`sql.duckdb_latest_sql` over the table's files, within the store's memory limit (else
-        LATEST_MEMORY_LIMIT), spilling to the temp directory beyond it. Every file is read before the first
+        """`sql.duckdb_latest_sql` over the table's files, within the store's memory limit (memory.py),
+        spilling to the temp directory beyond it. Every file is read before the first
         batch comes out (the tie-break window needs all its candidates), so `_read` retries the query when a
         compaction removes a file meanwhile, as for any read; the batches then stream from DuckDB's result,
         on a connection kept open until the last one."""
@@ -240,7 +240,7 @@ class DuckDBOfflineStore(OfflineStore):
             batches = iter(con.sql(sql).to_arrow_reader(LATEST_BATCH_ROWS))
             return batches, next(batches, None)
 
-        with self._connect(self.memory_limit or LATEST_MEMORY_LIMIT) as con:
+        with self._connect() as con:
             batches, batch = self._read(first, connection=con)
             if batch is not None:
                 yield from latest_batches(spec, itertools.chain([batch], batches))
@@ -347,9 +347,8 @@ class DuckDBOfflineStore(OfflineStore):
         try:
             # Not config={"TimeZone": ...}: that makes DuckDB fetch the icu extension, which fails offline.
             con.execute("SET TimeZone='UTC'")
-            limit = memory_limit or self.memory_limit
-            if limit:
-                con.execute(f"SET memory_limit='{escape(limit)}'")
+            limit = memory_limit or self.memory_limit or default_memory_limit()
+            con.execute(f"SET memory_limit='{escape(limit)}'")
             if threads or self.threads:
                 con.execute(f"SET threads={int(threads or self.threads or 1)}")
             self.temp_directory.mkdir(parents=True, exist_ok=True)
