@@ -50,77 +50,85 @@ local function merge(slot, delta, ops)
   return slot
 end
 
--- Byte order of two strings, without the locale's collation that Lua's < uses.
-local function bytes_after(a, b)
-  local n = math.min(#a, #b)
+-- The LAST state: per feature `<I4 bytes><I4 count>` and its list, entries newest tile first, each
+-- '<dddI4I4' (tile, event time, ingest time, id size, value size), the message id and the value; at most
+-- `keep` of them (a tile older than all of them can never be a window's newest one). Then a tail of entries
+-- folded since (each a feature byte and an entry). The tail is folded into the lists once it is longer than
+-- TAIL bytes, so most folds are one APPEND; a read takes the lists and the tail together (a list's entry
+-- and the tail's compete for the newest).
+local TAIL = 640
+
+-- (tile, event time, ingest time, message id) of a is later than b's; the id in byte order, not by the
+-- locale's collation (Lua's <), and only read on a tie.
+local function later_entry(state, a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  if a[2] ~= b[2] then return a[2] > b[2] end
+  if a[3] ~= b[3] then return a[3] > b[3] end
+  local x = string.sub(state, a[6] + ENTRY, a[6] + ENTRY + a[4] - 1)
+  local y = string.sub(state, b[6] + ENTRY, b[6] + ENTRY + b[4] - 1)
+  local n = math.min(#x, #y)
   for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x > y end
+    local u, v = string.byte(x, i), string.byte(y, i)
+    if u ~= v then return u > v end
   end
-  return #a > #b
+  return #x > #y
 end
 
--- LAST, one feature's list: entries newest tile first, at most `keep` (a tile older than all of them can
--- never be a window's newest one). Returns the list and its count with `entry` put in.
-local function put_last(list, count, keep, entry, tile, ev, ing, id)
-  local at, newer, stop = 1, 0, #list
-  while at <= stop do
-    local held_tile, held_ev, held_ing, id_size, value_size = struct.unpack('<dddI4I4', list, at)
-    local size = ENTRY + id_size + value_size
-    if held_tile == tile then
-      local later = ev > held_ev or (ev == held_ev and (ing > held_ing or (ing == held_ing
-        and bytes_after(id, string.sub(list, at + ENTRY, at + ENTRY + id_size - 1)))))
-      if not later then return list, count end
-      return string.sub(list, 1, at - 1) .. entry .. string.sub(list, at + size), count
-    elseif held_tile < tile then
-      break
-    end
-    newer = newer + 1
-    if newer >= keep then return list, count end
-    at = at + size
-  end
-  if count < keep then return string.sub(list, 1, at - 1) .. entry .. string.sub(list, at), count + 1 end
-  local tail, kept = at, newer + 1 -- full: the oldest entry goes
-  while kept < keep do
-    local _, _, _, id_size, value_size = struct.unpack('<dddI4I4', list, tail)
-    tail, kept = tail + ENTRY + id_size + value_size, kept + 1
-  end
-  return string.sub(list, 1, at - 1) .. entry .. string.sub(list, at, tail - 1), count
-end
-
-local function fold_lasts(last_key, last_deltas, expire_at)
-  local state = redis.call('GET', last_key)
-  if not state or #state < 8 * last_count then state = list_empty end
-  local lists, counts, starts, pos = {}, {}, {}, 1
+local function compact(state)
+  local lists, starts, pos = {}, {}, 1
   for j = 1, last_count do
-    local size, count = struct.unpack('<I4I4', state, pos)
-    starts[j], counts[j] = pos, count
+    local size = struct.unpack('<I4', state, pos)
+    starts[j], lists[j] = pos, false
     pos = pos + 8 + size
   end
   starts[last_count + 1] = pos
-  local at = 1
-  while at <= #last_deltas do
-    local j = string.byte(last_deltas, at)
-    local tile, ev, ing, id_size, value_size = struct.unpack('<dddI4I4', last_deltas, at + 1)
-    local stop = at + ENTRY + id_size + value_size
-    local list = lists[j] or string.sub(state, starts[j] + 8, starts[j + 1] - 1)
-    lists[j], counts[j] = put_last(list, counts[j], keeps[j], string.sub(last_deltas, at + 1, stop),
-      tile, ev, ing, string.sub(last_deltas, at + 1 + ENTRY, at + ENTRY + id_size))
-    at = stop + 1
+  local at = pos
+  while at <= #state do -- the tail, by feature and tile: the latest entry of each tile
+    local j = string.byte(state, at)
+    local tile, ev, ing, id_size, value_size = struct.unpack('<dddI4I4', state, at + 1)
+    local entry = { tile, ev, ing, id_size, value_size, at + 1 }
+    local tiles = lists[j]
+    if not tiles then
+      tiles = {}
+      lists[j] = tiles
+      local from, stop = starts[j] + 8, starts[j + 1]
+      while from < stop do -- the feature's list joins in
+        local t, e, i, d, v = struct.unpack('<dddI4I4', state, from)
+        tiles[t] = { t, e, i, d, v, from }
+        from = from + ENTRY + d + v
+      end
+    end
+    local held = tiles[tile]
+    if not held or later_entry(state, entry, held) then tiles[tile] = entry end
+    at = at + 1 + ENTRY + id_size + value_size
   end
   local parts = {}
   for j = 1, last_count do
-    if lists[j] then
-      parts[#parts + 1] = struct.pack('<I4I4', #lists[j], counts[j])
-      parts[#parts + 1] = lists[j]
+    local tiles = lists[j]
+    if tiles then
+      local order = {}
+      for _, e in pairs(tiles) do order[#order + 1] = e end
+      table.sort(order, function(a, b) return a[1] > b[1] end)
+      local kept, body = math.min(#order, keeps[j]), {}
+      for n = 1, kept do
+        local e = order[n]
+        body[n] = string.sub(state, e[6], e[6] + ENTRY + e[4] + e[5] - 1)
+      end
+      body = table.concat(body)
+      parts[#parts + 1] = struct.pack('<I4I4', #body, kept)
+      parts[#parts + 1] = body
     else
       parts[#parts + 1] = string.sub(state, starts[j], starts[j + 1] - 1)
     end
   end
+  return table.concat(parts)
+end
+
+local function set_last(last_key, state, expire_at)
   if keep_ms > 0 then
-    redis.call('SET', last_key, table.concat(parts), 'PXAT', expire_at)
+    redis.call('SET', last_key, state, 'PXAT', expire_at)
   else
-    redis.call('SET', last_key, table.concat(parts))
+    redis.call('SET', last_key, state)
   end
 end
 
@@ -163,14 +171,15 @@ while k <= #KEYS do
     for _, e in ipairs(expiries) do
       if e[2] > 0 or e[3] then redis.call('PEXPIREAT', e[1], string.format('%.0f', math.abs(e[2]))) end
     end
-    -- slot by slot (GETRANGE/SETRANGE): moving the whole state in and out of Lua costs ~1 ns per byte
-    local header = redis.call('GETRANGE', blob_key, 0, 7)
-    local held_newest
-    if #header < 8 then
+    -- slot by slot (GETRANGE/SETRANGE): moving the whole state in and out of Lua costs ~1 ns per byte. The
+    -- header: the newest event time folded in, the LAST state's length when it was last compacted.
+    local header = redis.call('GETRANGE', blob_key, 0, 15)
+    local held_newest, compacted
+    if #header < 16 then
       redis.call('SET', blob_key, empty)
-      held_newest = -math.huge
+      held_newest, compacted = -math.huge, 0
     else
-      held_newest = struct.unpack('<d', header)
+      held_newest, compacted = struct.unpack('<dd', header)
     end
     local pos = 1
     while pos <= #deltas do
@@ -188,12 +197,28 @@ while k <= #KEYS do
       end
       pos = pos + 8 + ring.bytes
     end
+    local later = newest > held_newest
     local expire_at = string.format('%.0f', math.floor(math.max(newest, held_newest) / 1000) + keep_ms)
-    if newest > held_newest then
-      redis.call('SETRANGE', blob_key, 0, struct.pack('<d', newest))
-      if keep_ms > 0 then redis.call('PEXPIREAT', blob_key, expire_at) end
+    local now_compacted = compacted
+    if #last_deltas > 0 then
+      local length = redis.call('APPEND', last_key, last_deltas)
+      if length == #last_deltas then -- a new LAST state: its (empty) lists first
+        set_last(last_key, list_empty .. last_deltas, expire_at)
+        length, now_compacted = #list_empty + length, #list_empty
+      elseif length - compacted > TAIL then
+        local state = compact(redis.call('GET', last_key))
+        set_last(last_key, state, expire_at)
+        now_compacted = #state
+      elseif later and keep_ms > 0 then
+        redis.call('PEXPIREAT', last_key, expire_at)
+      end
+    elseif later and keep_ms > 0 and has_last then
+      redis.call('PEXPIREAT', last_key, expire_at) -- it may hold entries: it expires with the state
     end
-    if #last_deltas > 0 then fold_lasts(last_key, last_deltas, expire_at) end
+    if later or now_compacted ~= compacted then
+      redis.call('SETRANGE', blob_key, 0, struct.pack('<dd', math.max(newest, held_newest), now_compacted))
+      if later and keep_ms > 0 then redis.call('PEXPIREAT', blob_key, expire_at) end
+    end
   end
 end
 return conflicts

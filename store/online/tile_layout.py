@@ -3,17 +3,19 @@
 Per key, two strings and a few sets, under one hash tag (one cluster slot):
 
 - `fsa:{<family>:<key>}:<layout>`, the state: little-endian doubles. A header (the newest event time
-  folded in, which sets the expiry), then one **ring** per tile size: `slots` tiles, tile number `i` (its
-  start divided by the tile size) in slot `i mod slots`, each slot holding its tile number, the event count
-  and, per field, the count of values and their sum, min and max as the family's features need. The
-  lifetime state is a ring of one slot. A ring holds every tile a window may read (the widest window's
-  tiles at that size, plus the tiles an event may be ahead of its ingest time, plus one), so a slot's tile
-  is replaced only by a newer tile once no window at or after the read reads the older one. The script
-  reads and writes it slot by slot.
+  folded in, which sets the expiry, and the LAST state's length when it was last compacted), then one
+  **ring** per tile size: `slots` tiles, tile number `i` (its start divided by the tile size) in slot
+  `i mod slots`, each slot holding its tile number, the event count and, per field, the count of values and
+  their sum, min and max as the family's features need. The lifetime state is a ring of one slot. A ring
+  holds every tile a window may read (the widest window's tiles at that size, plus the tiles an event may
+  be ahead of its ingest time, plus one), so a slot's tile is replaced only by a newer tile once no window
+  at or after the read reads the older one. The script reads and writes it slot by slot.
 - `fsl:{...}:<layout>`, for LAST features: per feature, the newest tiles holding a value (as many as an
   event may be ahead of its ingest time, plus two; one for lifetime), newest first, each its tile number,
   order (event time and ingest time as doubles, message id) and value. The newest tile at or before the
-  read's is the window's, whatever events ahead of their time have filled.
+  read's is the window's, whatever events ahead of their time have filled. Then a tail of the entries
+  folded since the lists were last compacted (appended, compacted into the lists past 640 bytes); a read
+  takes the newest of a list's choice and the tail's entries.
 - `fsi:{...}:<layout>:<bucket>`: sets of the message ids folded in, per 7 days of event time, kept while
   a window may read their tiles and at least the redelivery horizon after the fold. Each set also holds
   the member `0` (no id maps to it), so the script knows a set it creates and gives it its expiry once.
@@ -43,7 +45,7 @@ FUTURE = MAX_FUTURE_SECONDS * 1_000_000  # how far ahead of its ingest time a st
 RETENTION_MARGIN = HOUR  # kept past a tile's last reader, for clock skew between writer and reader
 REDELIVERY_HORIZON = 7 * DAY  # Pub/Sub keeps an unacknowledged message for at most 7 days
 ID_BUCKET = 7 * DAY
-_LAYOUT_VERSION = "3"
+_LAYOUT_VERSION = "4"
 # a LAST feature's list in its state: bytes and entry count; an entry: tile, event time, ingest time, the
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
@@ -101,7 +103,7 @@ class TileLayout:
     def __init__(self, family: FamilySpec) -> None:
         self.family = family
         sizes = sorted({f.tile for f in family.features if f.tile is not None})
-        rings, offset = [], 1
+        rings, offset = [], 2  # after the header: the newest event time, the LAST state's compacted length
         for size in [*sizes, None]:
             features = [f for f in family.features if f.tile == size]
             if size is not None or features:
@@ -139,7 +141,7 @@ class TileLayout:
         lifetime = any(f.window is None for f in family.features)
         self.keep_ms = 0 if lifetime else self.tile_keep // 1_000
         self.empty = struct.pack(
-            f"<{self.width}d", -math.inf, *(v for ring, slot in zip(self.rings, self.empty_slots, strict=True)
+            f"<{self.width}d", -math.inf, 0.0, *(v for ring, slot in zip(self.rings, self.empty_slots, strict=True)
                                               for _ in range(ring.slots) for v in slot)
         )  # fmt: skip
         description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr([f.name for f, _ in self.lasts])
@@ -293,23 +295,37 @@ class TileLayout:
             else:
                 high = ring.number(at_us)
                 bounds.append((high - feature.window // ring.size, high, decoder(feature.field.kind)))
-        out: list[list[Any]] = [[] for _ in self.lasts]
+        found: list[list[Any]] = [[] for _ in self.lasts]
         head, entry = _LIST.size, _ENTRY.size
         for state in states:
-            pos = 0
-            for column, (oldest, newest, decode) in zip(out, bounds, strict=True):
+            pos, best = 0, []
+            for oldest, newest, _ in bounds:
                 length, _ = _LIST.unpack_from(state, pos)
-                pos, stop, found = pos + head, pos + head + length, None
+                pos, stop, chosen = pos + head, pos + head + length, None
                 while pos < stop:
-                    number, _, _, id_size, value_size = _ENTRY.unpack_from(state, pos)
+                    number, event_us, ingest_us, id_size, value_size = _ENTRY.unpack_from(state, pos)
                     if number <= newest:
                         if number > oldest:
-                            start = pos + entry + id_size
-                            found = decode(state[start : start + value_size])
+                            start = pos + entry
+                            chosen = (number, event_us, ingest_us, state[start : start + id_size], start + id_size,
+                                      value_size)  # fmt: skip
                         break
                     pos += entry + id_size + value_size
-                column.append(found)
+                best.append(chosen)
                 pos = stop
+            while pos < len(state):  # the tail: entries not yet in the lists, each against the list's choice
+                (j,) = _FEATURE.unpack_from(state, pos)
+                number, event_us, ingest_us, id_size, value_size = _ENTRY.unpack_from(state, pos + 1)
+                start, (oldest, newest, _) = pos + 1 + entry, bounds[j - 1]
+                if oldest < number <= newest:
+                    held = best[j - 1]
+                    candidate = (number, event_us, ingest_us, state[start : start + id_size])
+                    if held is None or candidate > held[:4]:
+                        best[j - 1] = (*candidate, start + id_size, value_size)
+                pos = start + id_size + value_size
+            for column, chosen, (_, _, decode) in zip(found, best, bounds, strict=True):
+                column.append(None if chosen is None else decode(state[chosen[4] : chosen[4] + chosen[5]]))
+        out = found
         return {feature.name: column for (feature, _), column in zip(self.lasts, out, strict=True)}
 
 
