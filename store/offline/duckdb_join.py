@@ -99,7 +99,10 @@ def join_source(join: EntityJoin, sources: Sources, filters: Sequence[str], empt
         )
     reads = ([clean] if clean else []) + [r for unsure in partitions for r in unsure]
     # By name, with the (empty) table of the current schema: files older than a column lack it.
-    wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {where}" for r in reads]
+    # The fetch reads only matched positions: no high-water mark needed (its column costs a decode per row);
+    # the time range stays, for row-group pruning.
+    pruning = " AND ".join(f for f in filters if not f.startswith(INGEST_TIME)) or "TRUE"
+    wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {pruning}" for r in reads]
     wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
     if not narrow:
         narrow.append(f"SELECT {key}, {time}, NULL::BIGINT AS {POSITION} FROM {empty_view}")

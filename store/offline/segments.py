@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -154,6 +155,34 @@ def write_atomically(path: Path, table: pa.Table, *, fsync: bool = False) -> Pat
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
+
+
+_MICROS_PER = {"milliseconds": 1_000, "microseconds": 1, "nanoseconds": 0}  # 0: divide by 1,000
+
+
+def max_from_footers(files: Sequence[str], column: str) -> int | None:
+    """The largest value (µs) of a top-level timestamp `column` over `files`, from their parquet footers'
+    statistics; None when any row group lacks them (or a footer cannot be read: the caller's scan then
+    raises what is wrong)."""
+    best: int | None = None
+    try:
+        for path in files:
+            metadata = pq.read_metadata(path)
+            names = metadata.schema.names
+            if column not in names:
+                return None
+            index = names.index(column)
+            logical = json.loads(metadata.schema.column(index).logical_type.to_json())
+            scale = _MICROS_PER.get(logical.get("timeUnit", "")) if logical.get("Type") == "Timestamp" else None
+            for group in range(metadata.num_row_groups):
+                stats = metadata.row_group(group).column(index).statistics
+                if scale is None or stats is None or not stats.has_min_max:
+                    return None
+                value = stats.max_raw * scale if scale else stats.max_raw // 1_000
+                best = value if best is None else max(best, value)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    return best
 
 
 _NAMED_FILE = re.compile(r"'([^']+\.parquet)'")  # the file a DuckDB read error names

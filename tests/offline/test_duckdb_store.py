@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fstore.errors import SchemaError
@@ -21,6 +22,7 @@ from fstore.store.offline import open_offline_store
 from fstore.store.offline.compaction import CompactionPolicy
 from fstore.store.offline.duckdb import DuckDBOfflineStore
 from fstore.store.offline.schema import DEAD_LETTER_SCHEMA, messages_to_table
+from fstore.store.offline.segments import max_from_footers
 
 from .conftest import T0, at, rows
 
@@ -177,3 +179,21 @@ def test_other_processes_write_while_this_one_reads(offline: DuckDBOfflineStore,
     descriptors = Path(__file__).resolve().parents[2] / "clients/registry/descriptor_set.binpb"
     subprocess.run([sys.executable, "-c", CHILD_WRITER, str(offline.root), str(descriptors), "50"], check=True)
     assert offline.history(user).num_rows == 51
+
+
+def test_the_high_water_mark_from_footers_equals_a_scan(tmp_path: Path, registry: Registry) -> None:
+    """The max ingest time comes from the parquet footers' statistics (segments, compacted files); a file
+    without statistics falls back to a scan, with the same answer."""
+    user = registry.get("user", 1)
+    store = DuckDBOfflineStore(tmp_path / "offline", registry, policy=CompactionPolicy(journal_below_rows=1))
+    store.write(user, rows(user, {"key": 1, "t": 5, "ingest": 50}, {"key": 2, "t": 86_400 * 2, "ingest": 9}))
+    files = [str(p) for p in (tmp_path / "offline" / user.table_name).rglob("*.parquet")]
+    assert max_from_footers(files, "ingest_time") == int(at(50).timestamp() * 1_000_000)
+    assert store.high_water_mark(user) == int(at(50).timestamp() * 1_000_000)
+    store.compact(user)
+    assert store.high_water_mark(user) == int(at(50).timestamp() * 1_000_000)
+    bare = tmp_path / "offline" / user.table_name / "date=2030-01-01"  # no statistics written
+    bare.mkdir()
+    pq.write_table(rows(user, {"key": 3, "t": 7, "ingest": 70}), bare / "b.parquet", write_statistics=False)
+    assert max_from_footers([str(bare / "b.parquet")], "ingest_time") is None
+    assert store.high_water_mark(user) == int(at(70).timestamp() * 1_000_000)
