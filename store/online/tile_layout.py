@@ -49,7 +49,7 @@ _LAYOUT_VERSION = "4"
 # a LAST feature's list in its state: bytes and entry count; an entry: tile, event time, ingest time, the
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
-_FEATURE = struct.Struct("<B")
+_FEATURE, _DELTA = struct.Struct("<B"), struct.Struct("<BdddII")  # a LAST delta: feature number, entry head
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
 SENTINEL = b"0"  # in every id set: the script creating a set sees it added (no id maps to it: `_member`)
@@ -136,6 +136,9 @@ class TileLayout:
             )
             for r, ring in enumerate(self.rings)
         )
+        self._numeric = sorted({c.name for ring_fields in self.fields for c in ring_fields})
+        self._last_names = [f.field.name for f, _ in self.lasts if f.field is not None]
+        self._value_names = sorted({*self._numeric, *self._last_names})
         windowed = [(f.window or 0) + (f.tile or 0) for f in family.features if f.window is not None]
         self.tile_keep = (max(windowed) + FUTURE + RETENTION_MARGIN) if windowed else 0
         lifetime = any(f.window is None for f in family.features)
@@ -168,90 +171,136 @@ class TileLayout:
         """Per ring, the oldest tile number a window may still read at `now_us` (None: lifetime)."""
         return [None if r.size is None else r.number(now_us) - r.slots + 1 for r in self.rings]
 
-    def record(self, key: int | str, events: Sequence[Any], oldest: list[int | None], now_us: int) -> KeyRecord | None:
-        """Pre-aggregate one key's accepted events into per-tile deltas: the script's keys and arguments.
-        None when no event reaches a tile a window still reads. A message id twice in `events` counts once."""
-        deltas: dict[tuple[int, int], list[float]] = {}
-        lasts: dict[tuple[int, int], tuple[tuple[int, int, str], Any]] = {}
-        seen: set[str] = set()
-        folded, newest = [], -math.inf
-        for event in events:
-            message_id = event.message_id
-            if message_id in seen:
+    def records(self, by_key: dict[Any, list[Any]], oldest: list[int | None], now_us: int) -> list[KeyRecord]:
+        """Pre-aggregate each key's accepted events into per-tile deltas, all keys of a batch at once in
+        numpy: the script's keys and arguments per key. A key none of whose events reaches a tile a window
+        still reads has no record. A message id twice in a key's events counts once."""
+        starts, key_list, flat = [0], [], []
+        for key, events in by_key.items():
+            seen: set[str] = set()
+            for event in events:
+                if event.message_id not in seen:
+                    seen.add(event.message_id)
+                    flat.append(event)
+            key_list.append(key)
+            starts.append(len(flat))
+        if not flat:
+            return []
+        bounds = np.asarray(starts)
+        code = np.repeat(np.arange(len(key_list)), np.diff(bounds))
+        event_us = np.fromiter((e.event_us for e in flat), np.int64, len(flat))
+        raw = {name: [e.values.get(name) for e in flat] for name in self._value_names}
+        present = {name: np.fromiter((v is not None for v in column), bool, len(flat)) for name, column in raw.items()}
+        numbers = {name: np.array([0.0 if v is None else v for v in raw[name]], np.float64) for name in self._numeric}
+        hit = np.zeros(len(flat), bool)
+        rows: list[tuple[np.ndarray, bytes, int]] = []  # per ring: each delta's key code, the deltas, row bytes
+        lasts: list[tuple[int, int, int]] = []  # (event, feature, tile number) of each LAST delta
+        for r, size, empty, columns, last_fields, _ in self._plan:
+            number = np.zeros(len(flat), np.int64) if size is None else event_us // size
+            floor = oldest[r]
+            ok = np.ones(len(flat), bool) if floor is None else number >= floor
+            hit |= ok
+            chosen = np.flatnonzero(ok)
+            if not len(chosen):
                 continue
-            seen.add(message_id)
-            hit, event_us, values = False, event.event_us, event.values
-            for r, size, empty, columns, last_fields, _ in self._plan:
-                number = 0 if size is None else event_us // size
-                floor = oldest[r]
-                if floor is not None and number < floor:
-                    continue
-                hit = True
-                delta = deltas.get((r, number))
-                if delta is None:
-                    delta = deltas[(r, number)] = empty.copy()
-                    delta[0] = number
-                delta[1] += 1
-                for name, n, total, low, high in columns:
-                    value = values.get(name)
-                    if value is None:
-                        continue
-                    delta[n] += 1
-                    if total >= 0:
-                        delta[total] += value
-                    # a NaN stays (value != value: NaN), as offline
-                    if low >= 0 and (value < delta[low] or value != value):
-                        delta[low] = value
-                    if high >= 0 and (value > delta[high] or value != value):
-                        delta[high] = value
-                for i, name in last_fields:
-                    value = values.get(name)
-                    if value is None:
-                        continue
-                    order = (event_us, event.ingest_us, message_id)
-                    held = lasts.get((i, number))
-                    if held is None or order > held[0]:
-                        lasts[(i, number)] = (order, value)
-            if hit:
-                folded.append(event)
-                if event_us > newest:
-                    newest = event_us
-        if not folded:
-            return None
+            low = int(number[chosen].min())
+            span = int(number[chosen].max()) - low + 1
+            groups, first, inverse = np.unique(code[chosen] * span + (number[chosen] - low), return_index=True,
+                                               return_inverse=True)  # fmt: skip
+            width = len(groups)
+            table = np.tile(np.array([float(r + 1), *empty]), (width, 1))
+            table[:, 1] = number[chosen][first]
+            table[:, 2] = np.bincount(inverse, minlength=width)
+            for name, n, total, least, most in columns:
+                has = present[name][chosen]
+                values = numbers[name][chosen]
+                table[:, 1 + n] = np.bincount(inverse, weights=has, minlength=width)
+                if total >= 0:
+                    table[:, 1 + total] = np.bincount(inverse, weights=np.where(has, values, 0.0), minlength=width)
+                with np.errstate(invalid="ignore"):  # np.minimum and np.maximum keep a NaN, as offline
+                    if least >= 0:
+                        np.minimum.at(table[:, 1 + least], inverse[has], values[has])
+                    if most >= 0:
+                        np.maximum.at(table[:, 1 + most], inverse[has], values[has])
+            rows.append((groups // span, table.astype("<f8").tobytes(), table.shape[1] * 8))
+            for i, name in last_fields:
+                lasts += self._last_deltas(i, chosen[present[name][chosen]], number, code, flat)
+        entries: dict[int, list[bytes]] = {}
+        encoded: dict[tuple[int, str], tuple[bytes, bytes]] = {}
+        key_of = code.tolist()
+        for j, i, tile in lasts:
+            event = flat[j]
+            name = self._last_names[i]
+            pair = encoded.get((j, name))
+            if pair is None:
+                pair = encoded[(j, name)] = (event.message_id.encode(), _encode(event.values[name]))
+            mid, value = pair
+            head = _DELTA.pack(i + 1, tile, event.event_us, event.ingest_us, len(mid), len(value))
+            found = entries.get(key_of[j])
+            if found is None:
+                entries[key_of[j]] = [head, mid, value]
+            else:
+                found += (head, mid, value)
+        every = np.arange(len(key_list))
+        spans = [((np.searchsorted(codes, every) * row).tolist(), (np.searchsorted(codes, every, side="right") * row
+                  ).tolist(), data) for codes, data, row in rows]  # fmt: skip
+        folds = hit.tolist()
+        out = []
+        for c, key in enumerate(key_list):
+            folded = [flat[j] for j in range(starts[c], starts[c + 1]) if folds[j]]
+            if folded:
+                deltas = b"".join([data[lo[c] : hi[c]] for lo, hi, data in spans])
+                out.append(self._key_record(key, folded, now_us, deltas, b"".join(entries.get(c, ()))))
+        return out
+
+    def _last_deltas(self, i: int, chosen: Any, number: Any, code: Any, flat: list[Any]) -> list[tuple[int, int, int]]:
+        """For LAST feature i, per key and tile among the events `chosen` (with a value), the latest event by
+        (event time, ingest time, message id): (event, feature, tile number)."""
+        if not len(chosen):
+            return []
+        picked = chosen.tolist()
+        codes, tiles = code[chosen].tolist(), number[chosen].tolist()
+        latest: dict[tuple[int, int], tuple[tuple[int, int, str], int]] = {}
+        for j, c, tile in zip(picked, codes, tiles, strict=True):
+            event = flat[j]
+            order = (event.event_us, event.ingest_us, event.message_id)
+            held = latest.get((c, tile))
+            if held is None or order > held[0]:
+                latest[(c, tile)] = (order, j)
+        return [(j, i, tile) for (_, tile), (_, j) in latest.items()]
+
+    def _key_record(self, key: Any, folded: list[Any], now_us: int, deltas: bytes, last_deltas: bytes) -> KeyRecord:
         members = [_member(e.message_id) for e in folded]
         buckets: dict[int, list[bytes]] = {}
-        for event, member in zip(folded, members, strict=True):
-            found = buckets.get(event.event_us // ID_BUCKET)
-            if found is None:
-                buckets[event.event_us // ID_BUCKET] = [member.encode()]
-            else:
-                found.append(member.encode())
+        if len(folded) == 1:  # most keys of a streamed batch
+            newest = folded[0].event_us
+            buckets[newest // ID_BUCKET] = [members[0].encode()]
+        else:
+            newest = max(e.event_us for e in folded)
+            for event, member in zip(folded, members, strict=True):
+                found = buckets.get(event.event_us // ID_BUCKET)
+                if found is None:
+                    buckets[event.event_us // ID_BUCKET] = [member.encode()]
+                else:
+                    found.append(member.encode())
         record = KeyRecord(key, folded, members)
-        tag = self.tag(key)
-        record.keys = keys = [f"fsa:{tag}:{self.digest}".encode()]
+        tag = f"{{{self.family.name}:{key}}}:{self.digest}"
+        record.keys = keys = [f"fsa:{tag}".encode()]
         if self.lasts:
-            keys.append(f"fsl:{tag}:{self.digest}".encode())
+            keys.append(f"fsl:{tag}".encode())
         counts: list[float] = [newest, len(buckets)]
         ids: list[bytes] = []
         horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
         for bucket, members_in in buckets.items():
-            keys.append(f"fsi:{tag}:{self.digest}:{bucket}".encode())
+            keys.append(f"fsi:{tag}:{bucket}".encode())
             # a set's expiry is its bucket's, unless the redelivery horizon reaches further: then it moves on
             # with every fold. Negative: the bucket's, given only to a set the script creates (it cannot change)
             fixed_ms = ((bucket + 1) * ID_BUCKET + self.tile_keep) // 1_000
             counts += [horizon_ms if horizon_ms > fixed_ms else -fixed_ms, len(members_in)]
             ids += members_in
-        plan = self._plan
-        packed = b"".join(plan[r][5].pack(r + 1, *delta) for (r, _), delta in deltas.items())
-        record.args = args = [struct.pack(f"<{len(counts)}d", *counts), *ids, packed]
+        record.args = [struct.pack(f"<{len(counts)}d", *counts), *ids, deltas]
         if self.lasts:
-            entries = []
-            for (i, number), ((event_us, ingest_us, message_id), value) in lasts.items():
-                mid, encoded = message_id.encode(), _encode(value)
-                entries += [
-                    _FEATURE.pack(i + 1), _ENTRY.pack(number, event_us, ingest_us, len(mid), len(encoded)), mid, encoded
-                ]  # fmt: skip
-            args.append(b"".join(entries))
+            record.args.append(last_deltas)
         return record
 
     def merge(self, states: Sequence[bytes | None], last_states: Sequence[bytes | None], at_us: int

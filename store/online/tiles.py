@@ -96,7 +96,7 @@ class TileStore:
         oldest = layout.oldest_numbers(now)
         applied, pending = 0, by_key
         while pending:
-            records = [r for k, e in pending.items() if (r := layout.record(k, e, oldest, now)) is not None]
+            records = layout.records(pending, oldest, now)
             duplicates = self._run(layout, records)
             applied += sum(len(r.events) for r in records if r.key not in duplicates)
             pending = {}
