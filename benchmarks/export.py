@@ -6,19 +6,20 @@
     .venv/bin/python benchmarks/export.py --rows 1000000 --users 100000 --spine-rows 100000   # quick
 
 Generates `user` v1 history over 30 days straight into the embedded store's layout (one parquet segment
-per day, then compacted by the store's own `compact`, as after `fstore compact`; `--fresh` skips the
-compaction, so every read deduplicates and breaks ties), and a spine. Then, each in its own subprocess so
+per day, then compacted by the store's own `compact`, as after `fstore compact`; `--fresh-days 1` leaves the
+last day as 24 fresh segments, as a streaming job leaves today; `--fresh` skips the compaction, so every read
+deduplicates and breaks ties), and a spine. Then, each in its own subprocess so
 peak RSS (ru_maxrss) is its own:
   floor:  the fastest hand-written DuckDB query found for the same answer (issue 16): arg_max of the row
           position over a hash join on the key and event time (narrow columns), then the wide columns fetched
           by row position, in spine order. Tried and slower at 1 GB: a wide ASOF join (~4x), a narrow ASOF join
           then the fetch (~3x), Feast's join + row_number (~2.5x), a window with last_value then the fetch (~1.5x).
-          Over --fresh data it skips deduplication (that data has no duplicates or ties);
+          Over fresh segments it skips deduplication (the generated data has no duplicates or ties);
   fstore: DuckDBOfflineStore.export_training_set(spine, ["user:*"]): TTL, tie-breaks, dedup, spine order,
           manifest;
   feast:  (--peer feast) Feast's get_historical_features on its DuckDB offline store, in its own virtualenv.
 All run with the same DuckDB memory limit and spill directory. Targets (issue 16): fstore <= 1.1x the floor
-compacted, <= 1.5x on --fresh data; <= 0.8x Feast's time with no more peak RSS.
+compacted, <= 1.5x with fresh segments; <= 0.8x Feast's time with no more peak RSS.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ DAY_US = 86_400_000_000
 FEATURES = ("age", "country", "is_premium", "lifetime_orders", "avg_order_value", "favorite_categories", "embedding")
 
 
-def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) -> None:
+def generate(data: Path, rows: int, users: int, spine_rows: int, fresh_days: int) -> None:
     import duckdb
 
     marker = data / "generated.json"
@@ -51,8 +52,8 @@ def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) ->
         "rows": rows,
         "users": users,
         "spine_rows": spine_rows,
-        "fresh": fresh,
-        "layout": 2,
+        "fresh_days": fresh_days,
+        "layout": 3,
         "start": str(START_DATE),
     }
     if marker.is_file() and json.loads(marker.read_text()) == params:
@@ -63,11 +64,35 @@ def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) ->
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     per_day = rows // DAYS
-    for day in range(DAYS):
-        first, last = day * per_day, (day + 1) * per_day if day < DAYS - 1 else rows
-        partition = data / "offline" / "user_v1" / f"date={START_DATE + timedelta(days=day)}"
-        partition.mkdir(parents=True)
-        name = f"{day:032x}.parquet"  # a fresh segment; compacted below unless --fresh
+    for day in range(DAYS - fresh_days):
+        write_day(con, data, day, per_day, rows, users, 1)
+    if fresh_days < DAYS:
+        _, store = _store(data, "4GB", None)
+        compacted = time.perf_counter()
+        store.compact(store.registry.get("user", 1))
+        print(f"compacted in {time.perf_counter() - compacted:.1f} s (fstore compact)")
+    for day in range(DAYS - fresh_days, DAYS):  # as a streaming job leaves a day: 24 fresh segments
+        write_day(con, data, day, per_day, rows, users, 1 if fresh_days == DAYS else 24)
+    con.execute(
+        f"""COPY (
+          SELECT (hash(i * 13) % {users})::BIGINT AS user_id,
+            {START} + to_microseconds((hash(i * 17) % ({DAYS} * {DAY_US}))::BIGINT) AS event_timestamp,
+            (i % 2)::INTEGER AS label
+          FROM range({spine_rows}) t(i)
+        ) TO '{data / "spine.parquet"}' (FORMAT parquet)"""
+    )
+    marker.write_text(json.dumps(params))
+    print(f"generated {rows:,} history rows and {spine_rows:,} spine rows in {time.perf_counter() - started:.1f} s")
+
+
+def write_day(con: Any, data: Path, day: int, per_day: int, rows: int, users: int, segments: int) -> None:
+    """Day `day`'s rows as `segments` fresh segments (split by row number), each sorted by key and time."""
+    first, last = day * per_day, (day + 1) * per_day if day < DAYS - 1 else rows
+    partition = data / "offline" / "user_v1" / f"date={START_DATE + timedelta(days=day)}"
+    partition.mkdir(parents=True, exist_ok=True)
+    step = -(-(last - first) // segments)
+    for start in range(first, last, step):
+        name = f"{day:016x}{start:016x}.parquet"
         # hash(i) spreads keys and times; ingest lags the event by 1-60 s; ids are unique per row.
         con.execute(
             f"""COPY (
@@ -83,25 +108,10 @@ def generate(data: Path, rows: int, users: int, spine_rows: int, fresh: bool) ->
                 (i % 1000) / 10.0 AS avg_order_value,
                 ['shoes', 'books', 'garden'][1:(i % 4)::INTEGER] AS favorite_categories,
                 list_transform(range(16), lambda x: ((hash(i + x) % 1000) / 1000.0)::FLOAT) AS embedding
-              FROM range({first}, {last}) t(i)
+              FROM range({start}, {min(start + step, last)}) t(i)
               ORDER BY user_id, event_time
             ) TO '{partition / name}' (FORMAT parquet)"""
         )
-    con.execute(
-        f"""COPY (
-          SELECT (hash(i * 13) % {users})::BIGINT AS user_id,
-            {START} + to_microseconds((hash(i * 17) % ({DAYS} * {DAY_US}))::BIGINT) AS event_timestamp,
-            (i % 2)::INTEGER AS label
-          FROM range({spine_rows}) t(i)
-        ) TO '{data / "spine.parquet"}' (FORMAT parquet)"""
-    )
-    if not fresh:
-        _, store = _store(data, "4GB", None)
-        compacted = time.perf_counter()
-        store.compact(store.registry.get("user", 1))
-        print(f"compacted in {time.perf_counter() - compacted:.1f} s (fstore compact)")
-    marker.write_text(json.dumps(params))
-    print(f"generated {rows:,} history rows and {spine_rows:,} spine rows in {time.perf_counter() - started:.1f} s")
 
 
 def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, float]:
@@ -116,7 +126,7 @@ def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, f
     selected = ", ".join(f"f.user__{f}" for f in FEATURES)
     fetched = ", ".join(f"w.{f} AS user__{f}" for f in FEATURES)
     files = data / "offline" / "user_v1" / "*" / "*.parquet"
-    history = f"read_parquet('{files}', file_row_number = true)"
+    history = f"read_parquet('{files}', file_row_number = true, union_by_name = true)"
     position = "(file_index::BIGINT << 40) | file_row_number"
     spine = f"(SELECT *, row_number() OVER () AS r FROM read_parquet('{data / 'spine.parquet'}'))"
     # The fastest hand-written query found for fstore's answer (issue 16; compacted files, no ties left after
@@ -124,8 +134,8 @@ def run_floor(data: Path, memory_limit: str, threads: int | None) -> dict[str, f
     # then the wide columns fetched by row position, in spine order.
     # Over --fresh data (no SUPERSEDED_AT yet) the floor skips deduplication and tie-breaks: the generated
     # history has neither duplicates nor ties, so the answer is the same; fstore cannot know that and does both.
-    fresh = json.loads((data / "generated.json").read_text())["fresh"]
-    winners = "" if fresh else " WHERE __fstore_superseded_at IS NULL"
+    fresh_days = json.loads((data / "generated.json").read_text())["fresh_days"]
+    winners = "" if fresh_days == DAYS else " WHERE __fstore_superseded_at IS NULL"  # NULL in fresh segments
     started, cpu = time.perf_counter(), _cpu()
     con.execute(
         f"""COPY (
@@ -244,7 +254,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/fstore-bench-export"))
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit for every run, or 'default'")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--fresh", action="store_true", help="history as uncompacted segments (reads dedup)")
+    parser.add_argument("--fresh", action="store_true", help="all history as uncompacted segments (reads dedup)")
+    parser.add_argument("--fresh-days", type=int, default=0, help="the last N days as 24 fresh segments each")
     parser.add_argument("--repeat", type=int, default=1, help="alternate floor/fstore runs this many times")
     parser.add_argument("--peer", choices=["feast"], help="also time Feast (own venv) and check answers agree")
     parser.add_argument("--child", choices=["floor", "fstore"], help=argparse.SUPPRESS)
@@ -257,7 +268,8 @@ def main() -> None:
         from fstore.store.offline.memory import default_memory_limit
 
         args.memory_limit = default_memory_limit()
-    generate(args.data, args.rows, args.users, args.spine_rows, args.fresh)
+    fresh_days = DAYS if args.fresh else args.fresh_days
+    generate(args.data, args.rows, args.users, args.spine_rows, fresh_days)
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.repeat):
         for which in ("floor", "fstore", *([args.peer] if args.peer else [])):
@@ -283,7 +295,7 @@ def main() -> None:
     cpu_ratio = best["fstore"]["cpu_seconds"] / best["floor"]["cpu_seconds"]
     print(
         f"best of {args.repeat}: fstore / floor = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU "
-        f"(target <= {1.5 if args.fresh else 1.1}x); fstore peak RSS {best['fstore']['peak_rss_mb']:,.0f} MB; "
+        f"(target <= {1.5 if fresh_days else 1.1}x); fstore peak RSS {best['fstore']['peak_rss_mb']:,.0f} MB; "
         f"memory_limit {args.memory_limit}"
     )
 
