@@ -6,10 +6,18 @@ the later ingest time, then the message id, as everywhere), is computed inside t
 streamed in Arrow batches and compare-and-set online batch by batch (`OnlineStore.write_rows`), so memory
 stays bounded however long the history. Rows past their TTL are not written; a key whose online row is
 newer stays as it is. The history is only read, so running it twice changes nothing the second time.
+
+An aggregation family (docs/aggregations.md) is rebuilt the same way: its source entity's history, as far back
+as its longest window reaches (all of it for a lifetime feature), streamed in batches and folded into the
+tiles by the streaming job's own `TileStore.apply`, each event with its stored ingest time, so the same events
+are accepted or refused as late as when they streamed in. Tiles are idempotent by message id: events already
+folded change nothing, so it refills a family whose tiles were lost, or whose layout changed, and is a no-op on
+tiles that are whole.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -19,8 +27,10 @@ import pyarrow.compute as pc
 
 from fstore.errors import FstoreError
 from fstore.ingest.retry import until_stored
+from fstore.schema.aggregations import FamilySpec, tile_size
 from fstore.schema.registry import EntitySpec
 from fstore.store import FeatureStore
+from fstore.store.events import utc_from_micros
 from fstore.store.offline.sql import KEY_ROWS
 from fstore.store.online import WriteResult
 
@@ -49,6 +59,33 @@ def materialize(
         while pending:
             done += pending.popleft().result()
     return rows, done
+
+
+def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None = None) -> tuple[int, int, int]:
+    """(history rows read, events folded or already in the tiles, events refused as later than the allowed
+    lateness). `now_us`: the clock that decides how far back windows reach (tests move it)."""
+    from fstore.store.online.tiles import TileEvent, TileStore, tile_events_from_table
+
+    now = time.time_ns() // 1_000 if now_us is None else now_us
+    windows = [f.window for f in family.features]
+    start = None
+    if all(w is not None for w in windows):
+        reach = max(w + (tile_size(w) or 0) for w in windows if w is not None)
+        start = utc_from_micros(now - reach)
+    rows = applied = refused = 0
+    tiles = TileStore.beside(fs.online)
+    try:
+        for batch in fs.offline.history_batches(family.source, start):
+            events = tile_events_from_table(family, pa.Table.from_batches([batch]))
+
+            def fold(chosen: list[TileEvent] = events) -> tuple[int, int]:
+                return tiles.apply(family, chosen, now)
+
+            done = until_stored(fold, f"tiles of {family.name}")
+            rows, applied, refused = rows + batch.num_rows, applied + done[0], refused + done[1]
+    finally:
+        tiles.close()
+    return rows, applied, refused
 
 
 def _write(fs: FeatureStore, spec: EntitySpec, batch: pa.RecordBatch) -> WriteResult:

@@ -60,6 +60,13 @@ class OfflineStore(ABC):
         """Every stored event of one entity version, each message id once, ordered by key, event time."""
 
     @abstractmethod
+    def history_batches(self, spec: EntitySpec, start: datetime | None = None) -> Iterator[pa.RecordBatch]:
+        """The stored events of one entity version with an event time at or after `start` (None: all), each
+        message id once (its earliest ingest), in no particular order, streamed in batches with bounded memory;
+        a batch has exactly the columns of `arrow_schema(spec)`. What `fstore materialize` folds into an
+        aggregation family's tiles."""
+
+    @abstractmethod
     def latest_rows(
         self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
     ) -> Iterator[pa.RecordBatch]:

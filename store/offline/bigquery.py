@@ -41,7 +41,7 @@ from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline.aggregation_sql import bigquery_aggregation_history, bigquery_aggregation_sql
 from fstore.store.offline.base import LedgerEntry, OfflineStore
 from fstore.store.offline.bigquery_schema import add_missing_columns, plan_columns
-from fstore.store.offline.duckdb import conform, latest_batches
+from fstore.store.offline.duckdb import conform, history_batches, latest_batches
 from fstore.store.offline.export import ExportPlan, check_output, finish_export, plan_export
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.schema import (
@@ -177,6 +177,18 @@ class BigQueryOfflineStore(OfflineStore):
         order = ", ".join(bq_quote(c) for c in (spec.key.name, spec.event_time.name, INGEST_TIME, MESSAGE_ID))
         result = self._query(f"SELECT * FROM ({self._dedup_source(spec.table_name)}) ORDER BY {order}")
         return conform(result.to_arrow(), arrow_schema(spec), spec.table_name, fill_missing=True)
+
+    def history_batches(self, spec: EntitySpec, start: datetime | None = None) -> Iterator[pa.RecordBatch]:
+        """One query, read back batch by batch; an entity version without a table has no rows."""
+        from google.api_core.exceptions import NotFound
+
+        filters = event_time_range(bq_quote(spec.event_time.name), start, None, "bigquery")
+        where = " AND ".join(filters) or "TRUE"
+        try:
+            result = self._query(f"SELECT * FROM ({self._dedup_source(spec.table_name)}) WHERE {where}")
+        except NotFound:
+            return
+        yield from history_batches(spec, result.to_arrow_iterable())
 
     def latest_rows(
         self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None

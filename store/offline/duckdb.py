@@ -245,6 +245,20 @@ class DuckDBOfflineStore(OfflineStore):
             if batch is not None:
                 yield from latest_batches(spec, itertools.chain([batch], batches))
 
+    def history_batches(self, spec: EntitySpec, start: datetime | None = None) -> Iterator[pa.RecordBatch]:
+        """As `latest_rows`: every file is read before the first batch (the message-id window needs all its
+        candidates), then the batches stream on a connection kept open until the last one."""
+        filters = event_time_range(quote(spec.event_time.name), start, None, "duckdb")
+
+        def first(con: duckdb.DuckDBPyConnection) -> tuple[Iterator[pa.RecordBatch], pa.RecordBatch | None]:
+            batches = iter(con.sql(self._history_sql(con, spec, filters)).to_arrow_reader(LATEST_BATCH_ROWS))
+            return batches, next(batches, None)
+
+        with self._connect() as con:
+            batches, batch = self._read(first, connection=con)
+            if batch is not None:
+                yield from history_batches(spec, itertools.chain([batch], batches))
+
     def dead_letters(self) -> pa.Table:
         def query(con: duckdb.DuckDBPyConnection) -> pa.Table:
             files = [str(p) for part in segments.partitions(self.root / DEAD_LETTERS_TABLE) for p in part.files]
@@ -424,6 +438,13 @@ def conform(table: pa.Table, schema: pa.Schema, what: str, *, fill_missing: bool
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(f"{what}: column {field.name!r} is {column.type}, expected {field.type}: {exc}") from None
     return pa.Table.from_arrays(columns, schema=schema.with_metadata(None) if fill_missing else schema)
+
+
+def history_batches(spec: EntitySpec, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A history query's batches as `arrow_schema(spec)` (columns a file lacks read as nulls)."""
+    schema = arrow_schema(spec)
+    for batch in batches:
+        yield from conform(pa.Table.from_batches([batch]), schema, spec.table_name, fill_missing=True).to_batches()
 
 
 def latest_batches(spec: EntitySpec, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -246,6 +246,7 @@ def fstore(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["--end", "2026-13-01"], "--end '2026-13-01' is not an ISO-8601 time"),
         (["--start", "2026-03-02", "--end", "2026-03-01T23:00:00+00:00"], "is not before --end"),
         (["--version", "1"], "--version needs --entity"),
+        (["--entity", "user_orders", "--start", "2026-03-02"], "apply to entities, not aggregation families"),
         (["--entity", "nobody"], "nobody"),
     ],
 )
@@ -263,7 +264,10 @@ def test_every_entity_by_default_and_exit_1_when_redis_refuses_rows(
     client.rpush(row_key(spec, 3), "not a row")  # a key of another type: refused for good
     proc = fstore(tmp_path, "--start", "2000-01-01", "--end", (NOW + HOUR).isoformat())
     assert proc.returncode == 1, proc.stderr
-    out = {line.split()[1]: line for line in proc.stdout.splitlines()}  # one line per entity, default versions
+    lines = proc.stdout.splitlines()
+    families = [line for line in lines if line.startswith("materialized aggregation family ")]
+    assert [line.split()[3] for line in families] == fs.registry.families()
+    out = {line.split()[1]: line for line in lines if line not in families}  # one per entity, default versions
     assert sorted(out) == [fs.registry.get(name).ref for name in fs.registry.entities()]
     assert out["item/v1"].startswith("materialized item/v1 from 0 history rows: 0 written online")
     assert out["user/v1"].startswith("materialized user/v1 from 1,211 history rows: 1,203 written online")
@@ -304,3 +308,64 @@ def test_rows_written_to_a_cluster_are_the_message_paths(cluster: RedisClusterSe
         by_rows |= snapshot(node)
     assert by_rows == by_messages and min(node.dbsize() for node in nodes) > 100
     online.close()
+
+
+def test_an_aggregation_familys_tiles_are_rebuilt_from_the_history(
+    fs: FeatureStore, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Orders over 10 days, some later than the allowed lateness, some stored twice: after the tiles are lost,
+    materialize folds the history back, every feature equal to the brute force of the definition; again, it
+    changes nothing; and the CLI names the family."""
+    import math
+    import random
+
+    from fstore.ingest.materialize import materialize_family
+    from fstore.store.online.tiles import TileStore
+    from tests.offline.test_aggregations import brute_force, events_of_history
+
+    order, family = fs.spec("order"), fs.registry.family("user_orders")
+    rng, rows = random.Random(5), []
+    for n in range(600):
+        placed = NOW - timedelta(minutes=rng.uniform(0, 10 * 24 * 60))
+        late = rng.random() < 0.1
+        ingested = placed + timedelta(minutes=rng.uniform(61, 300) if late else rng.uniform(0, 50))
+        message = order.message_class(
+            order_id=f"o{n}", user_id=rng.randint(1, 20), amount=round(rng.uniform(1, 90), 2),
+            status=rng.choice(["placed", "paid", "shipped"]),
+        )  # fmt: skip
+        message.event_time.FromDatetime(placed)
+        rows.append((message, min(ingested, NOW), f"m{n}"))
+    fs.offline.write(order, stored(order, *rows))
+    fs.offline.write(order, stored(order, *rng.sample(rows, 30)))  # redelivered: stored once
+    now = int(NOW.timestamp() * 1_000_000)
+    users = list(range(1, 23))  # 21 and 22 have no orders
+
+    def online() -> list[dict[str, Any]]:
+        tiles = TileStore.beside(fs.online)
+        try:
+            return tiles.read(family, users, now)
+        finally:
+            tiles.close()
+
+    history = fs.offline.history(order).to_pylist()
+    assert len(history) == 600
+    read, folded, late = materialize_family(fs, family, now)
+    assert read == 600 and folded + late == 600 and late > 20
+    events = events_of_history(history)
+    rebuilt = online()
+    for key, row in zip(users, rebuilt, strict=True):
+        for feature in family.features:
+            truth = brute_force(family, feature, events, key, now)
+            if isinstance(truth, float):
+                assert math.isclose(row[feature.name], truth, rel_tol=1e-9), (key, feature.name)
+            else:
+                assert row[feature.name] == truth, (key, feature.name, row[feature.name], truth)
+    assert sum(r["order_count_7d"] for r in rebuilt) > 100
+    before = {key: client.dump(key) for key in client.keys("*")}
+    assert materialize_family(fs, family, now) == (600, 0, late)  # every id already folded
+    assert online() == rebuilt and {key: client.dump(key) for key in client.keys("*")} == before
+    client.flushall()
+    assert materialize_family(fs, family, now)[1] == folded and online() == rebuilt
+    proc = fstore(tmp_path, "--entity", "user_orders")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("materialized aggregation family user_orders from 600 history rows: 0 newly folded")

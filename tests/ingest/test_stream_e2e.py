@@ -475,7 +475,7 @@ def aggregation_parity(names: dict[str, str], stream_job: Any, tmp_path: Path) -
     import pyarrow.parquet as pq
 
     from fstore.store.online.tiles import TileStore
-    from tests.offline.test_aggregations import brute_force
+    from tests.offline.test_aggregations import brute_force, events_of_history
 
     fs = FeatureStore.from_config()
     order, family = fs.spec("order"), fs.registry.family("user_orders")
@@ -527,12 +527,7 @@ def aggregation_parity(names: dict[str, str], stream_job: Any, tmp_path: Path) -
     exported = pq.read_table(out).to_pylist()
     history = fs.offline.history(order).to_pylist()
     events_of: dict[int, list[dict[str, Any]]] = {}
-    events = [
-        {"user_id": h["user_id"], "event_us": int(h["event_time"].timestamp() * 1e6),
-         "ingest_us": int(h["ingest_time"].timestamp() * 1e6), "message_id": h["message_id"], "backfilled": False,
-         "amount": h["amount"], "status": h["status"]}
-        for h in history
-    ]  # fmt: skip
+    events = events_of_history(history)
     for e in events:
         events_of.setdefault(e["user_id"], []).append(e)
     counted = 0

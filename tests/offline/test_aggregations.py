@@ -40,6 +40,16 @@ def brute_force(family: FamilySpec, feature: AggregationSpec, events: list[dict[
     return (min if feature.function == "min" else max)(v for _, v in values)
 
 
+def events_of_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored `order` rows (`offline.history(...).to_pylist()`) as `brute_force`'s events (streamed ones)."""
+    return [
+        {"user_id": h["user_id"], "event_us": int(h["event_time"].timestamp() * 1e6),
+         "ingest_us": int(h["ingest_time"].timestamp() * 1e6), "message_id": h["message_id"], "backfilled": False,
+         "amount": h["amount"], "status": h["status"]}
+        for h in history
+    ]  # fmt: skip
+
+
 def random_events(rng: random.Random, n: int, origin: int = T0) -> list[dict[str, Any]]:
     events = []
     for i in range(n):
