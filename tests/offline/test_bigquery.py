@@ -178,6 +178,9 @@ def test_reads_through_the_client(bq: BigQueryOfflineStore, user: EntitySpec, fa
     history = bq.history(user)
     assert history.schema == arrow_schema(user)
     assert [(r["user_id"], r["ingest_time"]) for r in history.to_pylist()] == [(1, at(10)), (2, at(6))]
+    batches = list(bq.history_batches(user, at(6)))  # event time >= 6: user 1's row, its first ingest
+    assert all(b.schema == arrow_schema(user) for b in batches)
+    assert [(r["user_id"], r["ingest_time"]) for b in batches for r in b.to_pylist()] == [(1, at(10))]
     (entry,) = bq.ledger()
     assert (entry.entity, entry.version, entry.rows, entry.last_ingest_time) == ("user", 1, 2, at(10))
     assert all(c.args["project"] == "fstore-jobs" for c in fake_client.calls if c.method == "query")
