@@ -8,8 +8,8 @@ columns (an embedding, a list of strings) are what make a join slow when they tr
    list shifted left by 40 bits, or'ed with its row number in the file (journal rows: the journal's own row
    number after the files). One row per (key, event time) is kept, the tie-break winner: compacted files
    say which by SUPERSEDED_AT, fresh segments and journals settle it with two windows over the narrow
-   columns. Then each spine row takes `arg_max(position, event time)` over a hash join on the key with
-   `event time <= t` (and `> t - TTL`).
+   columns, one partition at a time (Sources). Then each spine row takes `arg_max(position, event time)`
+   over a hash join on the key with `event time <= t` (and `> t - TTL`).
 2. **Fetch**: the wide columns of the matched positions only, by a hash join on the position, and the
    spine's own columns in the spine's order.
 
@@ -98,9 +98,9 @@ def join_source(join: EntityJoin, sources: Sources, filters: Sequence[str], empt
             f" QUALIFY row_number() OVER ({latest}) = 1"
         )
     reads = ([clean] if clean else []) + [r for unsure in partitions for r in unsure]
-    # By name, with the (empty) table of the current schema: files older than a column lack it.
     # The fetch reads only matched positions: no high-water mark needed (its column costs a decode per row);
-    # the time range stays, for row-group pruning.
+    # the time range stays, for row-group pruning. By name, with the (empty) table of the current schema:
+    # files older than a column lack it.
     pruning = " AND ".join(f for f in filters if not f.startswith(INGEST_TIME)) or "TRUE"
     wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {pruning}" for r in reads]
     wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
