@@ -56,7 +56,7 @@ end
 -- folded since (each a feature byte and an entry). The tail is folded into the lists once it is longer than
 -- TAIL bytes, so most folds are one APPEND; a read takes the lists and the tail together (a list's entry
 -- and the tail's compete for the newest).
-local TAIL = 640
+local TAIL = 384
 
 -- (tile, event time, ingest time, message id) of a is later than b's; the id in byte order, not by the
 -- locale's collation (Lua's <), and only read on a tie.

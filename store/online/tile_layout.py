@@ -14,7 +14,7 @@ Per key, two strings and a few sets, under one hash tag (one cluster slot):
   event may be ahead of its ingest time, plus two; one for lifetime), newest first, each its tile number,
   order (event time and ingest time as doubles, message id) and value. The newest tile at or before the
   read's is the window's, whatever events ahead of their time have filled. Then a tail of the entries
-  folded since the lists were last compacted (appended, compacted into the lists past 640 bytes); a read
+  folded since the lists were last compacted (appended, compacted into the lists past 384 bytes); a read
   takes the newest of a list's choice and the tail's entries.
 - `fsi:{...}:<layout>:<bucket>`: sets of the message ids folded in, per 7 days of event time, kept while
   a window may read their tiles and at least the redelivery horizon after the fold. Each set also holds
@@ -49,7 +49,7 @@ _LAYOUT_VERSION = "4"
 # a LAST feature's list in its state: bytes and entry count; an entry: tile, event time, ingest time, the
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
-_FEATURE, _DELTA = struct.Struct("<B"), struct.Struct("<BdddII")  # a LAST delta: feature number, entry head
+_DELTA = struct.Struct("<BdddII")  # a LAST delta (and a tail entry): feature number, entry head
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
 SENTINEL = b"0"  # in every id set: the script creating a set sees it added (no id maps to it: `_member`)
@@ -123,8 +123,8 @@ class TileLayout:
         self.lasts_of_ring = tuple(
             tuple((i, f) for i, (f, r) in enumerate(self.lasts) if r == ring_index) for ring_index in range(len(rings))
         )
-        # what `record` does per ring, planned once: (ring, tile size, empty slot, per field (name, column of
-        # n, sum, min, max or -1), per LAST feature (its number, its field), the delta's packing)
+        # what `records` does per ring, planned once: (ring, tile size, empty slot, per field (name, column
+        # of n, sum, min, max or -1), per LAST feature (its number, its field))
         self._plan = tuple(
             (
                 r,
@@ -132,7 +132,6 @@ class TileLayout:
                 self.empty_slots[r],
                 tuple((c.name, c.n, c.sum, c.min, c.max) for c in self.fields[r]),
                 tuple((i, f.field.name) for i, f in self.lasts_of_ring[r] if f.field is not None),
-                struct.Struct(f"<{1 + ring.stride}d"),
             )
             for r, ring in enumerate(self.rings)
         )
@@ -195,7 +194,7 @@ class TileLayout:
         hit = np.zeros(len(flat), bool)
         rows: list[tuple[np.ndarray, bytes, int]] = []  # per ring: each delta's key code, the deltas, row bytes
         lasts: list[tuple[int, int, int]] = []  # (event, feature, tile number) of each LAST delta
-        for r, size, empty, columns, last_fields, _ in self._plan:
+        for r, size, empty, columns, last_fields in self._plan:
             number = np.zeros(len(flat), np.int64) if size is None else event_us // size
             floor = oldest[r]
             ok = np.ones(len(flat), bool) if floor is None else number >= floor
@@ -345,7 +344,7 @@ class TileLayout:
                 high = ring.number(at_us)
                 bounds.append((high - feature.window // ring.size, high, decoder(feature.field.kind)))
         found: list[list[Any]] = [[] for _ in self.lasts]
-        head, entry = _LIST.size, _ENTRY.size
+        head, entry, delta = _LIST.size, _ENTRY.size, _DELTA.size
         for state in states:
             pos, best = 0, []
             for oldest, newest, _ in bounds:
@@ -362,16 +361,18 @@ class TileLayout:
                     pos += entry + id_size + value_size
                 best.append(chosen)
                 pos = stop
-            while pos < len(state):  # the tail: entries not yet in the lists, each against the list's choice
-                (j,) = _FEATURE.unpack_from(state, pos)
-                number, event_us, ingest_us, id_size, value_size = _ENTRY.unpack_from(state, pos + 1)
-                start, (oldest, newest, _) = pos + 1 + entry, bounds[j - 1]
+            end = len(state)
+            while pos < end:  # the tail: entries not yet in the lists, each against the list's choice
+                j, number, event_us, ingest_us, id_size, value_size = _DELTA.unpack_from(state, pos)
+                start = pos + delta
+                pos = start + id_size + value_size
+                oldest, newest, _ = bounds[j - 1]
                 if oldest < number <= newest:
                     held = best[j - 1]
-                    candidate = (number, event_us, ingest_us, state[start : start + id_size])
-                    if held is None or candidate > held[:4]:
-                        best[j - 1] = (*candidate, start + id_size, value_size)
-                pos = start + id_size + value_size
+                    if held is None or number >= held[0]:
+                        candidate = (number, event_us, ingest_us, state[start : start + id_size])
+                        if held is None or candidate > held[:4]:
+                            best[j - 1] = (*candidate, start + id_size, value_size)
             for column, chosen, (_, _, decode) in zip(found, best, bounds, strict=True):
                 column.append(None if chosen is None else decode(state[chosen[4] : chosen[4] + chosen[5]]))
         out = found

@@ -141,3 +141,32 @@ def test_aggregation_tiles_on_a_cluster(store: RedisOnlineStore) -> None:
     rows = tiles.read(family, [1, 39, 40])
     assert [r["order_count_1h"] for r in rows] == [1, 1, 0] and rows[0]["amount_sum_7d"] == 2.0
     tiles.close()
+
+
+def test_aggregation_tiles_on_a_cluster_read_as_on_one_redis(store: RedisOnlineStore) -> None:
+    """Many batches of one family (LAST tails compacted, tiles merged, redeliveries mixed in) folded into the
+    cluster and into a standalone Redis read the same, key by key and feature by feature."""
+    import random
+    import time
+
+    from fstore.store.online.tiles import TileEvent, TileStore
+    from fstore.testing import RedisServer
+
+    family = Registry.default().family("user_orders")
+    now = time.time_ns() // 1_000
+    rng = random.Random(5)
+    events = [
+        TileEvent(rng.randint(1, 30), now - rng.randrange(0, 20 * 86_400_000_000), now, f"{10**15 + i}", False,
+                  {"amount": round(rng.uniform(1, 50), 2), "status": rng.choice(["paid", "shipped", None])})
+        for i in range(3_000)
+    ]  # fmt: skip
+    tiles = TileStore.beside(store)
+    with RedisServer() as server:
+        single = TileStore(redis.Redis.from_url(server.url))
+        for start in range(0, len(events), 150):
+            batch = events[start : start + 150] + rng.sample(events[: start + 150], 20)  # some delivered again
+            assert tiles.apply(family, batch, now) == single.apply(family, batch, now)
+        keys = list(range(1, 32))
+        assert tiles.read(family, keys, now) == single.read(family, keys, now)
+        single.close()
+    tiles.close()
