@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -222,8 +223,11 @@ def check_output(out: Path, plan: ExportPlan) -> None:
         raise ExportError(f"--out {str(out)!r} is the spine itself: it would be overwritten; write elsewhere")
 
 
-def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> Manifest:
-    """Count rows and nulls of the written parquet, write the manifest beside it, return the manifest."""
+def finish_export(
+    plan: ExportPlan, out: Path, sql: str, backend: str, counted: tuple[int, dict[str, int]] | None = None
+) -> Manifest:
+    """Count rows and nulls of the written parquet (unless the writer `counted` them: rows, nulls per
+    column), write the manifest beside it, return the manifest."""
     manifest: Manifest = {
         "format": MANIFEST_FORMAT,
         "fstore_version": fstore.__version__,
@@ -268,7 +272,9 @@ def finish_export(plan: ExportPlan, out: Path, sql: str, backend: str) -> Manife
         "spine": {"path": plan.spine.source, "rows": plan.spine.rows, "sha256": plan.spine.sha256},
         "sql": sql,
         "output": output_stats(
-            out, [c for j in plan.joins for c in j.columns] + [c for a in plan.aggregations for c in a.columns]
+            out,
+            [c for j in plan.joins for c in j.columns] + [c for a in plan.aggregations for c in a.columns],
+            counted,
         ),
     }
     path = manifest_path(out)
@@ -291,25 +297,48 @@ def read_manifest(path: str | Path) -> Manifest:
     return cast(Manifest, manifest)
 
 
-def output_stats(out: Path, feature_columns: Sequence[str]) -> ManifestOutput:
-    """Path, digest, row count and per-feature null counts, computed by DuckDB from the parquet (not loaded
-    in memory)."""
-    con = duckdb.connect()
-    try:
-        counts = ", ".join(f"count({quote(c)})" for c in feature_columns)
-        row = con.execute(
-            f"SELECT count(*){', ' + counts if counts else ''} FROM read_parquet(?)", [str(out)]
-        ).fetchone()
-    finally:
-        con.close()
-    assert row is not None
-    rows = int(row[0])
+def output_stats(
+    out: Path, feature_columns: Sequence[str], counted: tuple[int, dict[str, int]] | None = None
+) -> ManifestOutput:
+    """Path, digest, row count and per-feature null counts: as `counted` when it has every column, else
+    computed by DuckDB from the parquet (not loaded in memory)."""
+    if counted is not None and all(c in counted[1] for c in feature_columns):
+        rows, nulls = counted
+    else:
+        con = duckdb.connect()
+        try:
+            counts = ", ".join(f"count({quote(c)})" for c in feature_columns)
+            row = con.execute(
+                f"SELECT count(*){', ' + counts if counts else ''} FROM read_parquet(?)", [str(out)]
+            ).fetchone()
+        finally:
+            con.close()
+        assert row is not None
+        rows = int(row[0])
+        nulls = {c: rows - int(n) for c, n in zip(feature_columns, row[1:], strict=True)}
     return {
         "path": str(out),
         "sha256": file_sha256(out),
         "rows": rows,
-        "columns": {c: {"nulls": rows - int(n)} for c, n in zip(feature_columns, row[1:], strict=True)},
+        "columns": {c: {"nulls": nulls[c]} for c in feature_columns},
     }
+
+
+_QUOTED_NAME = re.compile(r'"((?:[^"]|"")*)"')
+
+
+def copy_counts(returned: Sequence[tuple[Any, ...]]) -> tuple[int, dict[str, int]] | None:
+    """Rows and top-level null counts per column from a DuckDB `COPY ... (RETURN_STATS)` result (one row per
+    file written; its statistics map is keyed by quoted column names), or None when it says nothing."""
+    if len(returned) != 1:
+        return None
+    rows, statistics = int(returned[0][1]), returned[0][4] or {}
+    nulls = {}
+    for name, stats in statistics.items():
+        top_level = _QUOTED_NAME.fullmatch(name)  # not a nested leaf such as "embedding"."element"
+        if top_level is not None and "null_count" in stats:
+            nulls[top_level[1].replace('""', '"')] = int(stats["null_count"])
+    return rows, nulls
 
 
 def file_sha256(path: Path) -> str:

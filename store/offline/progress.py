@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import duckdb
 
 
-def execute_with_progress(con: duckdb.DuckDBPyConnection, sql: str, total_rows: int, show: bool) -> None:
+def execute_with_progress(
+    con: duckdb.DuckDBPyConnection, sql: str, total_rows: int, show: bool
+) -> list[tuple[Any, ...]]:
+    """Run `sql`; its result rows (a COPY's RETURN_STATS, say)."""
     if not show:
-        con.execute(sql)
-        return
+        return con.execute(sql).fetchall()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     error: list[BaseException] = []
+    result: list[tuple[Any, ...]] = []
 
     def work() -> None:
         try:
-            con.execute(sql)
+            result.extend(con.execute(sql).fetchall())
         except BaseException as exc:  # re-raised in the caller's thread
             error.append(exc)
 
@@ -41,3 +45,4 @@ def execute_with_progress(con: duckdb.DuckDBPyConnection, sql: str, total_rows: 
         bar.update(task, completed=total_rows)
     if error:
         raise error[0]
+    return result

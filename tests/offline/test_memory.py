@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -43,12 +44,13 @@ def test_an_export_that_spills_gives_the_same_rows(
     spilled = []
     run = duckdb_store.execute_with_progress
 
-    def profiled(con: duckdb.DuckDBPyConnection, sql: str, rows: int, progress: bool) -> None:
+    def profiled(con: duckdb.DuckDBPyConnection, sql: str, rows: int, progress: bool) -> list[tuple[Any, ...]]:
         con.execute("PRAGMA enable_profiling = 'json'")
         con.execute(f"SET profiling_output = '{tmp_path / 'profile.json'}'")
-        run(con, sql, rows, progress)
+        result = run(con, sql, rows, progress)
         con.execute("PRAGMA disable_profiling")
         spilled.append(json.loads((tmp_path / "profile.json").read_text())["system"]["total_bytes_spilled"])
+        return result
 
     monkeypatch.setattr(duckdb_store, "execute_with_progress", profiled)
     user = registry.get("user", 1)
