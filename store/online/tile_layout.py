@@ -345,36 +345,45 @@ class TileLayout:
                 bounds.append((high - feature.window // ring.size, high, decoder(feature.field.kind)))
         found: list[list[Any]] = [[] for _ in self.lasts]
         head, entry, delta = _LIST.size, _ENTRY.size, _DELTA.size
+        list_at, entry_at, delta_at = _LIST.unpack_from, _ENTRY.unpack_from, _DELTA.unpack_from
         for state in states:
+            # per feature the list's choice: (tile, event time, ingest time, where its id starts, id size,
+            # value size), or None
             pos, best = 0, []
             for oldest, newest, _ in bounds:
-                length, _ = _LIST.unpack_from(state, pos)
+                length, _ = list_at(state, pos)
                 pos, stop, chosen = pos + head, pos + head + length, None
                 while pos < stop:
-                    number, event_us, ingest_us, id_size, value_size = _ENTRY.unpack_from(state, pos)
+                    number, event_us, ingest_us, id_size, value_size = entry_at(state, pos)
                     if number <= newest:
                         if number > oldest:
-                            start = pos + entry
-                            chosen = (number, event_us, ingest_us, state[start : start + id_size], start + id_size,
-                                      value_size)  # fmt: skip
+                            chosen = (number, event_us, ingest_us, pos + entry, id_size, value_size)
                         break
                     pos += entry + id_size + value_size
                 best.append(chosen)
                 pos = stop
             end = len(state)
             while pos < end:  # the tail: entries not yet in the lists, each against the list's choice
-                j, number, event_us, ingest_us, id_size, value_size = _DELTA.unpack_from(state, pos)
-                start = pos + delta
-                pos = start + id_size + value_size
+                j, number, event_us, ingest_us, id_size, value_size = delta_at(state, pos)
+                start, pos = pos + delta, pos + delta + id_size + value_size
                 oldest, newest, _ = bounds[j - 1]
                 if oldest < number <= newest:
                     held = best[j - 1]
-                    if held is None or number >= held[0]:
-                        candidate = (number, event_us, ingest_us, state[start : start + id_size])
-                        if held is None or candidate > held[:4]:
-                            best[j - 1] = (*candidate, start + id_size, value_size)
+                    if (
+                        held is None
+                        or (number, event_us, ingest_us) > held[:3]
+                        or (
+                            (number, event_us, ingest_us) == held[:3]
+                            and state[start : start + id_size] > state[held[3] : held[3] + held[4]]
+                        )
+                    ):
+                        best[j - 1] = (number, event_us, ingest_us, start, id_size, value_size)
             for column, chosen, (_, _, decode) in zip(found, best, bounds, strict=True):
-                column.append(None if chosen is None else decode(state[chosen[4] : chosen[4] + chosen[5]]))
+                if chosen is None:
+                    column.append(None)
+                else:
+                    value_at = chosen[3] + chosen[4]
+                    column.append(decode(state[value_at : value_at + chosen[5]]))
         out = found
         return {feature.name: column for (feature, _), column in zip(self.lasts, out, strict=True)}
 

@@ -294,3 +294,26 @@ def test_nan_and_infinities_read_as_the_export_computes_them() -> None:
                     assert same_value(got, want), (feature.name, key, at, got, want)
                     non_finite += isinstance(want, float) and not math.isfinite(want)
             assert non_finite > 20  # NaN and the infinities did reach the answers compared
+
+
+def test_last_breaks_ties_on_the_message_id_byte_by_byte() -> None:
+    """Events of one key with the same event and ingest time in different batches: LAST is the one with the
+    greatest message id (compared byte by byte, as the export compares it), whether it sits in the tail, in
+    the compacted lists or arrived first, and also after many more folds compact the tail."""
+    family = wide_family()
+    features = [f for f in family.features if f.function == "last"]
+    now = time.time_ns() // 1_000
+    at = now - 10 * MINUTE
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        for key, ids in ((1, ["b", "a", "ab"]), (2, ["a", "ab", "b"]), (3, ["B", "a", "Z"])):
+            for i, message_id in enumerate(ids):
+                values = {"amount": float(i), "status": message_id}
+                tiles.apply(family, [TileEvent(key, at, at + 1, message_id, False, values)], now)
+        rows = tiles.read(family, [1, 2, 3], now)
+        assert [r["last_status"] for r in rows] == ["b", "b", "a"]
+        assert all(r[f.name] == r["last_status"] for r in rows for f in features if f.field.name == "status")
+        for n in range(40):  # older events: the tail is compacted again and again, the tie's winner stays
+            tiles.apply(family, [TileEvent(k, at - (n + 1) * MINUTE, at, f"x{n}", False, {"status": "old"})
+                                 for k in (1, 2, 3)], now)  # fmt: skip
+        assert [r["last_status"] for r in tiles.read(family, [1, 2, 3], now)] == ["b", "b", "a"]
