@@ -98,15 +98,18 @@ def _history_filters(
 # scaled by a power of two 2^k (exact), rounded to a HUGEINT (half to even) and the HUGEINTs are summed
 # (integer sums are exact in any order); the sum is rounded once to a DOUBLE (DuckDB rounds to nearest) and
 # divided by 2^k (exact: an exact sum of doubles is a multiple of 2^-1074, so a subnormal one has at most 52
-# bits and the rounding to a DOUBLE left it as it was). k is one per field and export: 125 - e(M) - e(N),
-# with 2^e(M) > M, the largest finite nonzero |x| the family reads (e(M) >= -1073, a subnormal's), and
-# 2^e(N) > N, the rows it reads, so a sum of at most N terms stays below 2^125 + N/2, far from HUGEINT's
-# 2^127. k runs up to 1197 (M subnormal), past the largest power of two a DOUBLE holds (2^1023), so 2^k is
-# two factors, 2^min(k, 1023) and 2^max(k - 1023, 0), each a multiplication (a division) that is exact.
+# bits and the rounding to a DOUBLE left it as it was). k is one per group-by key and field: 125 - e(M) -
+# e(N), with 2^e(M) > M, the largest finite nonzero |x| of that key's rows the family reads (e(M) >= -1073,
+# a subnormal's), and 2^e(N) > N, that key's rows, so a window's sum (of at most N terms, all of its key)
+# stays below 2^125 + N/2, far from HUGEINT's 2^127. A key's scale does not depend on any other key's values:
+# a key with only 1e-300s is summed as exactly as one with only 7.0s, whatever else the history holds.
+# k runs up to 1197 (M subnormal), past the largest power of two a DOUBLE holds (2^1023), so 2^k is two
+# factors, 2^min(k, 1023) and 2^max(k - 1023, 0), each a multiplication (a division) that is exact.
 # A value that is a multiple of 2^-k (every double of magnitude at least M * 2^(e(N) - 72), e.g. all of
-# them within 2^-50 of M for 10^7 rows; every double when k >= 1074) enters the sum exactly, so the sum is
-# math.fsum's; any other is rounded by at most 2^-(k+1) (M * N * 2^-124): a window of values far below
-# the largest the family reads elsewhere (1e-300 beside a 1e300) is exact only to that bound.
+# them within 2^-50 of M for 10^6 rows of the key; every double when k >= 1074) enters the sum exactly, so
+# the sum is math.fsum's; any other is rounded by at most 2^-(k+1) (M * N * 2^-124): a window of values far
+# below the largest its own key has elsewhere (1e-300s of a key that also has a 1e300, or 1e300 - 1e300 +
+# 1e-300) is exact only to that bound.
 # NaN and the infinities are not scaled but counted, beside the finite values, in one HUGEINT per value
 # whose sum keeps each count in its own 42 bits (the codes below): a sum is NaN if it has a NaN or both
 # infinities, else the infinity it has, as IEEE-754 addition gives in any order.
@@ -127,20 +130,20 @@ def exact_sum(feature: AggregationSpec) -> bool:
 
 
 def _scales(fields: Sequence[str]) -> str:
-    """One row: per field (quoted) n, the two factors of 2^k, __scale<n> = 2^min(k, 1023) and __rescale<n> =
-    2^max(k - 1023, 0), k = 125 - e(M) - e(N) over the rows of __history. No field: one row of nothing
-    (it is joined to every event: it must be one row whatever the history holds)."""
-    if not fields:
-        return "SELECT NULL AS __none"
+    """Per group-by key of __history (__key) and per field (quoted) n, the two factors of 2^k, __scale<n> =
+    2^min(k, 1023) and __rescale<n> = 2^max(k - 1023, 0), k = 125 - e(M) - e(N) over that key's rows."""
     exponents, factors = [], []
+    e_rows = "(CAST(floor(log2(count(*))) AS INTEGER) + 1)"
     for n, value in enumerate(fields):
         largest = f"max(abs({value})) FILTER (WHERE isfinite({value}) AND {value} <> 0)"
         e_max = f"coalesce(CAST(floor(log2({largest})) AS INTEGER) + 1, {_SMALLEST_EXPONENT})"
-        e_rows = "(CAST(floor(log2(greatest(count(*), 1))) AS INTEGER) + 1)"
         exponents.append(f"{SCALE_BITS} - {e_max} - {e_rows} AS __k{n}")
         factors.append(f"pow(2.0, least(__k{n}, {_DOUBLE_POWER})) AS __scale{n}")
         factors.append(f"pow(2.0, greatest(__k{n} - {_DOUBLE_POWER}, 0)) AS __rescale{n}")
-    return f"SELECT {', '.join(factors)} FROM (SELECT {', '.join(exponents)} FROM __history)"
+    return (
+        f"SELECT __key, {', '.join(factors)}\n"
+        f"  FROM (SELECT __key, {', '.join(exponents)} FROM __history GROUP BY __key)"
+    )
 
 
 # MIN and MAX of a float field are NaN when a value in the window is NaN (IEEE 754-2019's minimum and
@@ -271,6 +274,17 @@ def duckdb_aggregation_sql(
         f" AS __code{n}"
         for n, f in enumerate(summed)
     )
+    if summed:  # each event scaled by its key's 2^k, each spine row's sums divided by it
+        scales = f""", __scales AS (
+  {_scales([quote(f) for f in summed])}
+), __events AS (
+  SELECT h.*{terms}
+  FROM __history h JOIN __scales c ON c.__key = h.__key
+)"""
+        grouped, scaled = f"s.{ROW_COLUMN}, s.__key", " JOIN __scales c ON c.__key = g.__key"
+    else:
+        scales = ", __events AS NOT MATERIALIZED (SELECT * FROM __history)"
+        grouped, scaled = f"s.{ROW_COLUMN}", ""
     return f"""
 WITH __spine AS (
   SELECT *{bounds.select()}
@@ -283,19 +297,14 @@ WITH __spine AS (
     CASE WHEN {backfilled} THEN epoch_us({time}) ELSE epoch_us({INGEST_TIME}) END AS __known_us{values}{last}
   FROM ({history_sql})
   WHERE ({backfilled}) OR epoch_us({INGEST_TIME}) - epoch_us({time}) <= {family.allowed_lateness}
-), __scales AS (
-  {_scales([quote(f) for f in summed])}
-), __events AS (
-  SELECT h.*{terms}
-  FROM __history h, __scales c
-)
+){scales}
 SELECT g.{ROW_COLUMN},
     {selected_sql}
 FROM (
-  SELECT s.{ROW_COLUMN}{aggregates.select()}
+  SELECT {grouped}{aggregates.select()}
   FROM __spine s JOIN __events e ON e.__key = s.__key AND e.__known_us <= s.__t_us{reach}
-  GROUP BY s.{ROW_COLUMN}
-) g, __scales c"""
+  GROUP BY {grouped}
+) g{scaled}"""
 
 
 # --- BigQuery -----------------------------------------------------------------------------------------

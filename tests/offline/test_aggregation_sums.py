@@ -171,21 +171,88 @@ def test_naive_sums_of_these_windows_are_not_exact() -> None:
     assert set(wrong) >= {"cancellation", "ties to even", "past the largest double", "many of mixed sign"}, wrong
 
 
+def exact_from(values: Sequence[float]) -> float:
+    """The least magnitude from which every double enters a key's sum exactly: 2^(e(M) + e(N) - 73), M the
+    largest finite nonzero |x| among `values` (all the rows of one key the family reads), N their number,
+    2^e(x) > x >= 2^(e(x) - 1). A double of at least that magnitude is a multiple of 2^-k, k = 125 - e(M) -
+    e(N), the key's scale."""
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    return 2.0 ** (math.frexp(max(finite))[1] + len(values).bit_length() - 73)
+
+
+def within_bound(got: float, window: Sequence[float], rows: Sequence[float] | None = None) -> bool:
+    """The bound on a window's sum whose values are not all of at least `exact_from` of its key's `rows`
+    (the window itself by default): each such value x is rounded to a multiple of 2^-k, off by at most
+    min(|x|, 2^-(k+1)), and the sum is rounded once more (half an ulp; one ulp allowed here)."""
+    rows = window if rows is None else rows
+    k = 125 - math.frexp(max(abs(v) for v in rows if v))[1] - len(rows).bit_length()
+    want = math.fsum(window)
+    small = [abs(v) for v in window if abs(v) < exact_from(rows)]
+    return abs(got - want) <= sum(min(v, 2.0 ** -(k + 1)) for v in small) + math.ulp(want)
+
+
 def test_a_window_far_below_the_largest_value_read_is_exact_only_to_the_bound(tmp_path: Path) -> None:
-    """k = 125 - e(M) - e(N) is one per field and export (M the largest finite |x| of the field the family
-    reads, N its rows, 2^e(x) > x), so a value that is no multiple of 2^-k, one below about M * 2^(e(N) - 72),
-    is rounded to one: a window that cancels 1e300 down to 1e-300, or one of 1e-300s while another user
-    has a 1e300, is off by at most 2^-(k+1) per value and the final rounding (here such sums read 0.0).
-    Exactness is not claimed there (docs/aggregations.md); the bound is."""
+    """k = 125 - e(M) - e(N) is one per group-by key and field (M the largest finite |x| of that key's rows
+    the family reads, N that key's rows, 2^e(x) > x), so within one key a value that is no multiple of 2^-k,
+    one below 2^(e(M) + e(N) - 73), is rounded to one: a window that cancels 1e300 down to 1e-300 (user 1)
+    is off by at most min(|x|, 2^-(k+1)) per such value and the final rounding (here it reads 0.0). Another
+    key's values change nothing: user 2's 1e-300s beside user 3's 1e300 are exact.
+    Exactness is not claimed for user 1 (docs/aggregations.md); the bound is."""
     windows: dict[int, Values] = {1: [1e300, 1e-300, -1e300], 2: [1e-300, 2e-300], 3: [1e300], 4: [5e-4, 1e3]}
     rows = exported(tmp_path, windows)
-    k = 125 - math.frexp(1e300)[1] - sum(len(v) for v in windows.values()).bit_length()
     for key, values in windows.items():
         finite = [v for v in values if v is not None]
-        want = math.fsum(finite)
-        bound = len(finite) * 2.0 ** -(k + 1) + math.ulp(want)
         for column in SUMS:
-            assert abs(rows[key][column] - want) <= bound, (column, key, rows[key][column], want)
+            assert within_bound(rows[key][column], finite), (column, key, rows[key][column], math.fsum(finite))
+            if key > 1:
+                assert bits(rows[key][column]) == bits(math.fsum(finite)), (column, key, rows[key][column])
+
+
+def test_a_key_s_sums_do_not_depend_on_another_key_s_values(tmp_path: Path) -> None:
+    """Online/offline parity for a key whatever the other keys hold: user 1's windows hold only 1e-300s,
+    user 2's a 7.0. Each user's exported SUM and MEAN (lifetime, 1 h, 7 d, 1 d) are `math.fsum` of its own
+    window (and / its count) to the bit, as the online tiles' double sums give them: 3e-300, not the 0.0 a
+    scale chosen for the whole field (from user 2's 7.0) made of user 1's sum."""
+    windows = {1: [1e-300, 1e-300, 1e-300], 2: [7.0]}
+    rows = exported(tmp_path, windows)
+    for key, values in windows.items():
+        total = math.fsum(values)
+        for column in SUMS:
+            assert bits(rows[key][column]) == bits(total), (column, key, rows[key][column], total)
+        for column in MEANS:
+            assert bits(rows[key][column]) == bits(total / len(values)), (column, key, rows[key][column])
+    assert rows[1]["order_edges__amount_sum"] == 3e-300 and rows[2]["order_edges__amount_sum"] == 7.0
+
+
+def test_a_key_s_own_wide_range_is_exact_within_the_bound(tmp_path: Path) -> None:
+    """User 1's values span 21 decimal orders (1e10 down to 1.3 * 2^-36) and cancel to 5.6e-10, beside
+    user 2's 1e300: every one of user 1's values is at least 2^(e(M) + e(N) - 73) = 2^-36 for its own M =
+    1e10 (e(M) = 34) and N = 6 rows (e(N) = 3: 2^3 > 6), so each is a multiple of its key's 2^-k, k = 125 -
+    34 - 3 = 88, and the sum is fsum's to the bit (a left-to-right sum is not).
+    What still applies within one key: M and N are over all the key's rows the family reads, not one
+    window's. A value below 2^(e(M) + e(N) - 73) of its own key's M is rounded to a multiple of 2^-k, off by
+    at most min(|x|, 2^-(k+1)), and the sum is rounded once more: a window that cancels to far below its key's
+    largest value (user 3: 1e300 + 1e-300 - 1e300), or a window holding only small values while an older
+    event of the same key, outside that window but read for a wider one, is large (user 4: 1e300 two hours
+    ago, 1e-300 and 2e-300 within the last hour), is exact only to that bound; both read 0.0 where fsum gives
+    1e-300 and 3e-300 (and the online tiles too)."""
+    wide = [1e10, 3.3e-10, -1e10, 1.7e-10, 4.4e-11, 1.3 * 2.0**-36]
+    assert min(abs(v) for v in wide) >= exact_from(wide) == 2.0**-36
+    assert sum(wide) != math.fsum(wide)
+    cancelling = [1e300, 1e-300, -1e300]
+    windows: dict[int, Values] = {1: wide, 2: [1e300], 3: cancelling, 4: [1e-300, 2e-300]}
+    older = events({4: [1e300]})[0] | {"order_id": "4-old", "message_id": "4-old"}
+    older["event_us"] = older["ingest_us"] = AT - 2 * HOUR  # in the lifetime and 7 d windows, not the 1 h one
+    out = export(tmp_path, [[*events(windows), older]], [1, 2, 3, 4])
+    rows = {r["user_id"]: r for r in pq.read_table(out).to_pylist()}
+    for column in SUMS:
+        assert bits(rows[1][column]) == bits(math.fsum(wide)), (column, rows[1][column], math.fsum(wide))
+        assert rows[2][column] == 1e300
+        assert within_bound(rows[3][column], cancelling), (column, rows[3][column])
+    assert exact_from(cancelling) > 1e-300
+    assert rows[4]["order_edges__amount_sum"] == rows[4]["user_orders__amount_sum_7d"] == math.fsum([1e300, 3e-300])
+    last_hour = rows[4]["order_edges__amount_sum_1h"]
+    assert within_bound(last_hour, [1e-300, 2e-300], [1e300, 1e-300, 2e-300]), last_hour
 
 
 SPECIAL: list[tuple[Values, float, float, float]] = [  # values, SUM (and MEAN's NaN/inf), MIN, MAX
