@@ -17,6 +17,7 @@ tiles that are whole.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,7 +65,7 @@ def materialize(
 def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None = None) -> tuple[int, int, int]:
     """(history rows read, events folded or already in the tiles, events refused as later than the allowed
     lateness). `now_us`: the clock that decides how far back windows reach (tests move it)."""
-    from fstore.store.online.tiles import TileEvent, TileStore, tile_events_from_table
+    from fstore.store.online.tiles import TileStore, tile_events_from_table
 
     now = time.time_ns() // 1_000 if now_us is None else now_us
     windows = [f.window for f in family.features]
@@ -77,11 +78,7 @@ def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None 
     try:
         for batch in fs.offline.history_batches(family.source, start):
             events = tile_events_from_table(family, pa.Table.from_batches([batch]))
-
-            def fold(chosen: list[TileEvent] = events) -> tuple[int, int]:
-                return tiles.apply(family, chosen, now)
-
-            done = until_stored(fold, f"tiles of {family.name}")
+            done = until_stored(functools.partial(tiles.apply, family, events, now), f"tiles of {family.name}")
             rows, applied, refused = rows + batch.num_rows, applied + done[0], refused + done[1]
     finally:
         tiles.close()

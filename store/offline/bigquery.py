@@ -41,7 +41,7 @@ from fstore.store.events import DeadLetter, utc_from_micros
 from fstore.store.offline.aggregation_sql import bigquery_aggregation_history, bigquery_aggregation_sql
 from fstore.store.offline.base import LedgerEntry, OfflineStore
 from fstore.store.offline.bigquery_schema import add_missing_columns, plan_columns
-from fstore.store.offline.duckdb import conform, history_batches, latest_batches
+from fstore.store.offline.duckdb import conform, conformed_batches
 from fstore.store.offline.export import ExportPlan, check_output, finish_export, plan_export
 from fstore.store.offline.manifest import ExportOptions, Manifest
 from fstore.store.offline.schema import (
@@ -57,6 +57,7 @@ from fstore.store.offline.sql import (
     bigquery_table,
     bq_quote,
     event_time_range,
+    latest_schema,
 )
 
 INSERT_BATCH = 500  # rows per insertAll request (BigQuery recommends <= 500)
@@ -188,7 +189,7 @@ class BigQueryOfflineStore(OfflineStore):
             result = self._query(f"SELECT * FROM ({self._dedup_source(spec.table_name)}) WHERE {where}")
         except NotFound:
             return
-        yield from history_batches(spec, result.to_arrow_iterable())
+        yield from conformed_batches(arrow_schema(spec), spec.table_name, result.to_arrow_iterable())
 
     def latest_rows(
         self, spec: EntitySpec, start: datetime | None = None, end: datetime | None = None
@@ -202,7 +203,7 @@ class BigQueryOfflineStore(OfflineStore):
             result = self._query(bigquery_latest_sql(table, spec.key.name, spec.event_time.name, filters))
         except NotFound:
             return
-        yield from latest_batches(spec, result.to_arrow_iterable())
+        yield from conformed_batches(latest_schema(spec), spec.table_name, result.to_arrow_iterable())
 
     def dead_letters(self) -> pa.Table:
         result = self._query(

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,6 @@ from fstore.store.offline.sql import (
     duckdb_history,
     duckdb_latest_sql,
     event_time_range,
-    history_filters,
     latest_schema,
 )
 
@@ -234,30 +233,32 @@ class DuckDBOfflineStore(OfflineStore):
         compaction removes a file meanwhile, as for any read; the batches then stream from DuckDB's result,
         on a connection kept open until the last one."""
         filters = event_time_range(quote(spec.event_time.name), start, end, "duckdb")
-
-        def first(con: duckdb.DuckDBPyConnection) -> tuple[Iterator[pa.RecordBatch], pa.RecordBatch | None]:
-            sql = duckdb_latest_sql(spec.key.name, spec.event_time.name, self._history_sql(con, spec, filters))
-            batches = iter(con.sql(sql).to_arrow_reader(LATEST_BATCH_ROWS))
-            return batches, next(batches, None)
-
-        with self._connect() as con:
-            batches, batch = self._read(first, connection=con)
-            if batch is not None:
-                yield from latest_batches(spec, itertools.chain([batch], batches))
+        return self._stream(
+            lambda con: duckdb_latest_sql(spec.key.name, spec.event_time.name, self._history_sql(con, spec, filters)),
+            latest_schema(spec),
+            spec.table_name,
+        )
 
     def history_batches(self, spec: EntitySpec, start: datetime | None = None) -> Iterator[pa.RecordBatch]:
         """As `latest_rows`: every file is read before the first batch (the message-id window needs all its
-        candidates), then the batches stream on a connection kept open until the last one."""
+        candidates)."""
         filters = event_time_range(quote(spec.event_time.name), start, None, "duckdb")
+        return self._stream(lambda con: self._history_sql(con, spec, filters), arrow_schema(spec), spec.table_name)
+
+    def _stream(
+        self, query: Callable[[duckdb.DuckDBPyConnection], str], schema: pa.Schema, what: str
+    ) -> Iterator[pa.RecordBatch]:
+        """`query`'s rows as `schema` (columns a file lacks read as nulls), in batches of LATEST_BATCH_ROWS:
+        `_read` retries until the first batch is out, then the rest stream on the same connection."""
 
         def first(con: duckdb.DuckDBPyConnection) -> tuple[Iterator[pa.RecordBatch], pa.RecordBatch | None]:
-            batches = iter(con.sql(self._history_sql(con, spec, filters)).to_arrow_reader(LATEST_BATCH_ROWS))
+            batches = iter(con.sql(query(con)).to_arrow_reader(LATEST_BATCH_ROWS))
             return batches, next(batches, None)
 
         with self._connect() as con:
             batches, batch = self._read(first, connection=con)
             if batch is not None:
-                yield from history_batches(spec, itertools.chain([batch], batches))
+                yield from conformed_batches(schema, what, itertools.chain([batch], batches))
 
     def dead_letters(self) -> pa.Table:
         def query(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -323,8 +324,7 @@ class DuckDBOfflineStore(OfflineStore):
             for j in plan.joins:
                 found = _sources(con, self.root / j.spec.table_name, numbered=True)
                 empty = self._register_empty(con, j.spec)
-                filters = history_filters(j, plan.spine.time_bounds, "duckdb")
-                sources[j.spec.table_name] = join_source(j, found, filters, empty)
+                sources[j.spec.table_name] = join_source(j, found, plan.spine.time_bounds, empty)
             hot_keys: dict[int, str] = {}
             for n, j in enumerate(plan.joins):
                 key = quote(j.spec.key.name)
@@ -442,18 +442,11 @@ def conform(table: pa.Table, schema: pa.Schema, what: str, *, fill_missing: bool
     return pa.Table.from_arrays(columns, schema=schema.with_metadata(None) if fill_missing else schema)
 
 
-def history_batches(spec: EntitySpec, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """A history query's batches as `arrow_schema(spec)` (columns a file lacks read as nulls)."""
-    schema = arrow_schema(spec)
+def conformed_batches(schema: pa.Schema, what: str, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A query's batches as `schema` (`arrow_schema(spec)`, `sql.latest_schema(spec)`): columns a file lacks
+    read as nulls."""
     for batch in batches:
-        yield from conform(pa.Table.from_batches([batch]), schema, spec.table_name, fill_missing=True).to_batches()
-
-
-def latest_batches(spec: EntitySpec, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """A latest-rows query's batches as `sql.latest_schema(spec)` (columns a file lacks read as nulls)."""
-    schema = latest_schema(spec)
-    for batch in batches:
-        yield from conform(pa.Table.from_batches([batch]), schema, spec.table_name, fill_missing=True).to_batches()
+        yield from conform(pa.Table.from_batches([batch]), schema, what, fill_missing=True).to_batches()
 
 
 def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.Table]]:
@@ -471,17 +464,16 @@ def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.T
 def _sources(con: duckdb.DuckDBPyConnection, table_dir: Path, *, numbered: bool = False) -> Sources:
     """`numbered` (the export's): also each mixed partition on its own, its journals' rows as a view carrying
     JOURNAL_ROW, each row's number (for the export's positions)."""
-    found = segments.partitions(table_dir)
-    clean = [str(f) for p in found if p.is_clean for f in p.files]
-    mixed = [str(f) for p in found if not p.is_clean for f in p.files]
+    listing = segments.listing(table_dir)
+    clean, mixed = [str(p) for p in listing.clean], [str(p) for p in listing.mixed]
     if not numbered:
-        journal, view = read_journals([j for p in found for j in p.journals]), None
+        journal, view = read_journals(listing.journals), None
         if journal is not None:
             view = f"__fstore_journal_{table_dir.name}"
             con.register(view, journal)
         return Sources(clean, mixed, view)
     partitions = []
-    for n, p in enumerate(q for q in found if not q.is_clean):
+    for n, p in enumerate(listing.unclean):
         rows, numbered_view = read_journals(p.journals), None
         if rows is not None:
             numbered_view = f"__fstore_journal_{table_dir.name}_{n}"

@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
 from fstore.store.offline.export import EntityJoin, ExportPlan, quote
 from fstore.store.offline.spine import ROW_COLUMN
-from fstore.store.offline.sql import SUPERSEDED_AT, duckdb_file_list, spine_query, timestamp_literal
+from fstore.store.offline.sql import (
+    SUPERSEDED_AT,
+    duckdb_file_list,
+    history_filters,
+    spine_query,
+    time_range_filters,
+    timestamp_literal,
+)
 
 POSITION = "__fstore_position"
 JOURNAL_ROW = "__fstore_journal_row"  # the row number the journal view carries for positions
@@ -71,12 +78,11 @@ class JoinSource:
     wide: str
 
 
-def join_source(join: EntityJoin, sources: Sources, filters: Sequence[str], empty_view: str) -> JoinSource:
-    """`sources` as `_sources(..., numbered=True)` lists them; `filters`: `sql.history_filters` (high-water
-    mark, time range)."""
+def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | None, empty_view: str) -> JoinSource:
+    """`sources` as `_sources(..., numbered=True)` lists them; `bounds`: the spine's time range (µs)."""
     key, time = quote(join.spec.key.name), quote(join.spec.event_time.name)
     features = ", ".join(quote(f.name) for f in join.features)
-    where = " AND ".join(filters) or "TRUE"
+    where = " AND ".join(history_filters(join, bounds, "duckdb"))
     clean, partitions = _reads(sources)
     narrow: list[str] = []
     if clean and join.high_water_mark is not None:
@@ -101,7 +107,7 @@ def join_source(join: EntityJoin, sources: Sources, filters: Sequence[str], empt
     # The fetch reads only matched positions: no high-water mark needed (its column costs a decode per row);
     # the time range stays, for row-group pruning. By name, with the (empty) table of the current schema:
     # files older than a column lack it.
-    pruning = " AND ".join(f for f in filters if not f.startswith(INGEST_TIME)) or "TRUE"
+    pruning = " AND ".join(time_range_filters(join, bounds, "duckdb"))
     wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {pruning}" for r in reads]
     wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
     if not narrow:

@@ -79,6 +79,7 @@ class Listing:
     mixed: list[Path]
     fresh_segments: int
     journals: list[Path]
+    unclean: list[Partition]  # the partitions `mixed` and `journals` come from
 
     @property
     def empty(self) -> bool:
@@ -124,12 +125,15 @@ def listing(table_dir: Path) -> Listing:
     clean: list[Path] = []
     mixed: list[Path] = []
     journals: list[Path] = []
+    unclean: list[Partition] = []
     fresh = 0
     for p in partitions(table_dir):
         (clean if p.is_clean else mixed).extend(p.files)
+        if not p.is_clean:
+            unclean.append(p)
         journals.extend(p.journals)
         fresh += len(p.fresh)
-    return Listing(clean, mixed, fresh, journals)
+    return Listing(clean, mixed, fresh, journals, unclean)
 
 
 def write_segment(partition_dir: Path, table: pa.Table, *, fsync: bool = False) -> Path:
@@ -157,7 +161,7 @@ def write_atomically(path: Path, table: pa.Table, *, fsync: bool = False) -> Pat
     return path
 
 
-_MICROS_PER = {"milliseconds": 1_000, "microseconds": 1, "nanoseconds": 0}  # 0: divide by 1,000
+_TO_MICROS = {"milliseconds": (1_000, 1), "microseconds": (1, 1), "nanoseconds": (1, 1_000)}  # (times, over)
 
 
 def max_from_footers(files: Sequence[str], column: str) -> int | None:
@@ -173,12 +177,12 @@ def max_from_footers(files: Sequence[str], column: str) -> int | None:
                 return None
             index = names.index(column)
             logical = json.loads(metadata.schema.column(index).logical_type.to_json())
-            scale = _MICROS_PER.get(logical.get("timeUnit", "")) if logical.get("Type") == "Timestamp" else None
+            scale = _TO_MICROS.get(logical.get("timeUnit", "")) if logical.get("Type") == "Timestamp" else None
             for group in range(metadata.num_row_groups):
                 stats = metadata.row_group(group).column(index).statistics
                 if scale is None or stats is None or not stats.has_min_max:
                     return None
-                value = stats.max_raw * scale if scale else stats.max_raw // 1_000
+                value = stats.max_raw * scale[0] // scale[1]
                 best = value if best is None else max(best, value)
     except (OSError, ValueError, pa.ArrowException):
         return None

@@ -45,9 +45,16 @@ def history_filters(join: EntityJoin, bounds: tuple[int, int] | None, dialect: s
     row-group pruning) nothing outside the spine's time range widened by the TTL."""
     if join.high_water_mark is None or bounds is None:
         return ["FALSE"]
+    mark = f"{INGEST_TIME} <= {timestamp_literal(join.high_water_mark, dialect)}"
+    return [mark, *time_range_filters(join, bounds, dialect)]
+
+
+def time_range_filters(join: EntityJoin, bounds: tuple[int, int] | None, dialect: str) -> list[str]:
+    """The time-range half of `history_filters`: event times a spine row in `bounds` can reach."""
+    if bounds is None:
+        return ["FALSE"]
     time = join.spec.event_time.name
-    filters = [f"{INGEST_TIME} <= {timestamp_literal(join.high_water_mark, dialect)}"]
-    filters.append(f"{time} <= {timestamp_literal(bounds[1], dialect)}")
+    filters = [f"{time} <= {timestamp_literal(bounds[1], dialect)}"]
     if join.spec.ttl_seconds > 0:
         earliest = bounds[0] - join.spec.ttl_seconds * 1_000_000
         filters.append(f"{time} > {timestamp_literal(earliest, dialect)}")
