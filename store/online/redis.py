@@ -12,13 +12,14 @@ Redis's work and the same outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import operator
 import re
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -516,13 +517,20 @@ def _pack_evalsha(head: bytes, key: bytes, value: bytes, event: int, publish: in
 
 def decode_rows(spec: EntitySpec, values: Sequence[Any], features: tuple[FieldSpec, ...]) -> list[Row | None]:
     decode = _row_decoder(spec, features)
-    # Decoding allocates tens of objects per row and none of them form cycles; a full GC pass triggered in
-    # the middle of a large read would land in its tail latency, so the cycle collector waits until we are done.
-    paused = gc.isenabled() and len(values) > 32
+    with cycle_collector_paused(len(values)):
+        return [None if value is None else decode(value) for value in values]
+
+
+@contextlib.contextmanager
+def cycle_collector_paused(items: int) -> Iterator[None]:
+    """Decoding a read allocates tens of objects per item and none of them form cycles; a full GC pass
+    triggered in the middle of a large read would land in its tail latency, so for more than 32 items the
+    cycle collector waits until the read is done."""
+    paused = gc.isenabled() and items > 32
     if paused:
         gc.disable()
     try:
-        return [None if value is None else decode(value) for value in values]
+        yield
     finally:
         if paused:
             gc.enable()

@@ -14,7 +14,6 @@ lifetime state counts an event again when it is replayed later than that.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, NamedTuple
 from redis.exceptions import NoScriptError
 
 from fstore.schema.aggregations import FamilySpec
-from fstore.store.online.redis import _exchange
+from fstore.store.online.redis import _exchange, cycle_collector_paused
 from fstore.store.online.tile_layout import FUTURE, KeyRecord, TileLayout
 
 APPLY = (Path(__file__).with_name("apply_tiles.lua")).read_bytes()
@@ -164,16 +163,8 @@ class TileStore:
         if layout.lasts:
             names += [layout.last_key(k) for k in keys]
         states = self.client.mget_nonatomic(names) if self._cluster else self.client.mget(names)
-        # the merge allocates a few objects per key and LAST entry, none in cycles: a full GC pass in the
-        # middle of a large read would land in its tail latency, so the cycle collector waits (as for rows)
-        paused = gc.isenabled() and len(keys) > 32
-        if paused:
-            gc.disable()
-        try:
+        with cycle_collector_paused(len(keys)):  # the merge allocates a few objects per key, none in cycles
             return layout.merge(states[: len(keys)], states[len(keys) :], at_us)
-        finally:
-            if paused:
-                gc.enable()
 
 
 def tile_events(family: FamilySpec, events: Sequence[Any]) -> list[TileEvent]:
