@@ -45,6 +45,7 @@ from fstore.store.offline.duckdb_join import (
     Sources,
     duckdb_export_sql,
     join_source,
+    match_unclean,
 )
 from fstore.store.offline.export import check_output, copy_counts, finish_export, plan_export, quote
 from fstore.store.offline.journal import Journal, JournalGone, journal_to_segment, quarantined, read_journals
@@ -343,12 +344,13 @@ class DuckDBOfflineStore(OfflineStore):
                 aggregations.append(
                     duckdb_aggregation_sql(a.family, a.features, a.columns, spine_rows, history, plan.timestamp_column)
                 )
-            sql = duckdb_export_sql(plan, SPINE_VIEW, sources, hot_keys, aggregations)
+            matched, ran = match_unclean(con, plan, SPINE_VIEW, sources, hot_keys)
+            sql = duckdb_export_sql(plan, SPINE_VIEW, sources, hot_keys, aggregations, matched)
             # RETURN_STATS: the manifest's row and null counts without reading the file back.
             options_sql = f"FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, RETURN_STATS"
             copy = f"COPY ({sql}) TO '{escape(str(tmp))}' ({options_sql})"
             returned = execute_with_progress(con, copy, plan.spine.rows, options.progress and sys.stderr.isatty())
-            return sql, copy_counts(returned)
+            return ";\n".join([*ran, sql]), copy_counts(returned)
 
         try:
             sql, counted = self._read(run, memory_limit=options.memory_limit, threads=options.threads)

@@ -24,6 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import duckdb
+import pyarrow as pa
+
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
 from fstore.store.offline.export import EntityJoin, ExportPlan, quote
 from fstore.store.offline.spine import ROW_COLUMN
@@ -71,11 +74,15 @@ class Sources:
 
 @dataclass(frozen=True)
 class JoinSource:
-    """One table as the join reads it: `narrow` (key, event time, POSITION; one row per key and event time,
-    the tie-break winner) and `wide` (POSITION and the join's features, for every row `narrow` may name)."""
+    """One table as the join reads it: `narrow` (key, event time, POSITION: one row per key and event time,
+    the tie-break winner, in clean partitions; every row the export may read in the others), `wide`
+    (POSITION and the join's features, for every row `narrow` may name), and per unclean partition `unsure`,
+    the rows it added to `narrow` with INGEST_TIME and MESSAGE_ID, for settling the ties among them."""
 
     narrow: str
     wide: str
+    clean: str | None = None  # the clean partitions' part of `narrow`
+    unsure: tuple[str, ...] = ()
 
 
 def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | None, empty_view: str) -> JoinSource:
@@ -91,18 +98,15 @@ def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | No
             f"SELECT {key}, {time}, {clean.position} AS {POSITION} FROM {clean.relation}\n"
             f"    WHERE {where} AND ({SUPERSEDED_AT} IS NULL OR {SUPERSEDED_AT} > {mark})"
         )
-    first_ingest = f"QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1"
-    latest = f"PARTITION BY {key}, {time} ORDER BY {INGEST_TIME} DESC, {MESSAGE_ID} DESC"
-    for unsure in partitions:
-        rows = "\n    UNION ALL ".join(
-            f"SELECT {key}, {time}, {INGEST_TIME}, {MESSAGE_ID}, {r.position} AS {POSITION} FROM {r.relation}"
-            f" WHERE {where}"
-            for r in unsure
-        )
-        narrow.append(
-            f"SELECT {key}, {time}, {POSITION} FROM (\n    SELECT * FROM ({rows}) {first_ingest}\n  )"
-            f" QUALIFY row_number() OVER ({latest}) = 1"
-        )
+    clean_narrow = narrow[0] if narrow else None
+    unsure: list[str] = []
+    for reads in partitions:
+        for columns, into in ((f"{INGEST_TIME}, {MESSAGE_ID}, ", unsure), ("", narrow)):
+            selects = (
+                f"SELECT {key}, {time}, {columns}{r.position} AS {POSITION} FROM {r.relation} WHERE {where}"
+                for r in reads
+            )
+            into.append("\n    UNION ALL ".join(selects))
     reads = ([clean] if clean else []) + [r for unsure in partitions for r in unsure]
     # The fetch reads only matched positions: no high-water mark needed (its column costs a decode per row);
     # the time range stays, for row-group pruning. By name, with the (empty) table of the current schema:
@@ -113,7 +117,8 @@ def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | No
     if not narrow:
         narrow.append(f"SELECT {key}, {time}, NULL::BIGINT AS {POSITION} FROM {empty_view}")
     rows = "\n    UNION ALL BY NAME\n    ".join(wide)
-    return JoinSource("\n  UNION ALL\n  ".join(narrow), f"SELECT {POSITION}, {features} FROM (\n    {rows}\n  )")
+    wide_rows = f"SELECT {POSITION}, {features} FROM (\n    {rows}\n  )"
+    return JoinSource("\n  UNION ALL\n  ".join(narrow), wide_rows, clean_narrow, tuple(unsure))
 
 
 @dataclass(frozen=True)
@@ -145,24 +150,68 @@ def _position(file: str, row: str) -> str:
     return f"((({file})::BIGINT << {_FILE_SHIFT}) | {row})"
 
 
+def match_unclean(
+    con: duckdb.DuckDBPyConnection,
+    plan: ExportPlan,
+    spine_view: str,
+    sources: dict[str, JoinSource],
+    hot_keys: dict[int, str],
+) -> tuple[dict[int, str], list[str]]:
+    """For each join over unclean partitions, its match (ROW_COLUMN, POSITION, and _TIME, NULL), made before
+    the export's statement, which then plans with its true size (`_Match`). Each result is an Arrow table
+    registered on `con` (24 bytes a spine row, beside the spine's own Arrow table): DuckDB cannot spill a
+    temporary table of an in-memory database, and the statements' results stream out. Returns join index ->
+    view, and the statements run, for the manifest."""
+    views: dict[int, str] = {}
+    ran: list[str] = []
+
+    def register(name: str, sql: str) -> pa.Table:
+        ran.append(f"{name} = {sql}")
+        table = con.sql(sql).to_arrow_reader(_BATCH_ROWS).read_all()
+        con.register(name, table)
+        return table
+
+    for n, j in enumerate(plan.joins):
+        source = sources[j.spec.table_name]
+        if not source.unsure:
+            continue
+        ts = f"CAST(s.{quote(plan.timestamp_column)} AS TIMESTAMPTZ)"
+        match = _Match(j, n, source, spine_view, ts, hot_keys.get(n))
+        pairs, ambiguous = f"__fstore_pairs{n}", f"__fstore_ambiguous{n}"
+        views[n] = pairs
+        found = register(pairs, match.pairs())
+        if found.column(_TIME).null_count < found.num_rows:  # some latest event times have several rows
+            register(ambiguous, match.ambiguous(pairs))
+            views[n] = f"__fstore_matched{n}"
+            register(views[n], match.settled(pairs, ambiguous))
+    return views, ran
+
+
 def duckdb_export_sql(
     plan: ExportPlan,
     spine_view: str,
     sources: dict[str, JoinSource],
     hot_keys: dict[int, str],
     aggregations: Sequence[str] = (),
+    matched: dict[int, str] | None = None,
 ) -> str:
     """`sources`: table name -> its `join_source`; `hot_keys`: join index -> a view (one column `key`, the
     spine's type) of the spine keys with more than HOT_KEY_SPINE_ROWS rows, for the joins that have any;
-    `aggregations`: per `plan.aggregations`, its `duckdb_aggregation_sql` (one row per spine row)."""
+    `aggregations`: per `plan.aggregations`, its `duckdb_aggregation_sql` (one row per spine row);
+    `matched`: join index -> its match already made (`match_unclean`), for the joins over unclean partitions."""
     ts = f"CAST(s.{quote(plan.timestamp_column)} AS TIMESTAMPTZ)"
     ctes: list[str] = []
     select = [f"s.{quote(c)}" for c in plan.spine.columns]
     joins: list[str] = []
     for n, j in enumerate(plan.joins):
         source = sources[j.spec.table_name]
-        ctes.append(f"__history{n} AS (\n  {source.narrow}\n)")
-        ctes.append(f"__match{n} AS (\n  {_match(j, n, spine_view, ts, hot_keys.get(n))}\n)")
+        if matched and n in matched:
+            ctes.append(
+                f"__match{n} AS (\n  SELECT {ROW_COLUMN}, {POSITION} FROM {matched[n]} WHERE {_TIME} IS NULL\n)"
+            )
+        else:
+            ctes.append(f"__history{n} AS (\n  {source.narrow}\n)")
+            ctes.append(f"__match{n} AS (\n  {_Match(j, n, source, spine_view, ts, hot_keys.get(n)).clean()}\n)")
         features = ", ".join(f"w.{quote(f.name)}" for f in j.features)
         ctes.append(
             f"__found{n} AS (\n  SELECT m.{ROW_COLUMN}, {features}\n  FROM __match{n} AS m\n"
@@ -173,25 +222,137 @@ def duckdb_export_sql(
     return spine_query(plan, spine_view, ctes, select, joins, aggregations, quote)
 
 
-def _match(join: EntityJoin, n: int, spine_view: str, ts: str, hot: str | None) -> str:
-    """(spine row, position of its history row) for the spine rows that have one."""
-    key, time = quote(join.spec.key.name), quote(join.spec.event_time.name)
-    key_type = "BIGINT" if join.spec.key.kind == "int64" else "VARCHAR"
-    spine_key = f"CAST(s.{key} AS {key_type})"
-    fresh_enough = f"h.{time} > {ts} - INTERVAL '{join.spec.ttl_seconds} seconds'" if join.spec.ttl_seconds else ""
-    spine = f"{spine_view} AS s" + (f" ANTI JOIN {hot} AS hot ON s.{key} = hot.key" if hot else "")
-    pairs = f"h.{key} = {spine_key} AND h.{time} <= {ts}" + (f" AND {fresh_enough}" if fresh_enough else "")
-    by_hash = (
-        f"SELECT s.{ROW_COLUMN}, arg_max(h.{POSITION}, h.{time}) AS {POSITION}\n"
-        f"  FROM {spine}\n  JOIN __history{n} AS h ON {pairs}\n  GROUP BY s.{ROW_COLUMN}"
-    )
-    if hot is None:
-        return by_hash
-    hot_history = f"(SELECT * FROM __history{n} WHERE {key} IN (SELECT CAST(key AS {key_type}) FROM {hot}))"
-    return (
-        f"{by_hash}\n  UNION ALL\n"
-        f"  SELECT s.{ROW_COLUMN}, h.{POSITION}\n"
-        f"  FROM (SELECT s.* FROM {spine_view} AS s SEMI JOIN {hot} AS hot ON s.{key} = hot.key) AS s\n"
-        f"  ASOF JOIN {hot_history} AS h ON h.{key} = {spine_key} AND {ts} >= h.{time}"
-        + (f"\n  WHERE {fresh_enough}" if fresh_enough else "")
-    )
+# A pair's order as one HUGEINT: its event time (µs, shifted positive: years 1 to 9999 stay below 2^62 in
+# magnitude) in the upper 64 bits, MAX_POSITION - its position in the lower ones. The greatest of a spine
+# row's pairs names its latest event time and the least position among that time's rows; `arg_max` over
+# the event time and position names the greatest.
+_TIME_OFFSET = 1 << 62
+_MAX_POSITION = (1 << 63) - 1
+_LOW_BITS = (1 << 64) - 1
+_BATCH_ROWS = 1 << 20
+_TIME = "__fstore_tied_time"  # in a pairs table: the latest event time (µs) when two rows have it, else NULL
+
+
+@dataclass(frozen=True)
+class _Match:
+    """(spine row, position of its history row) for the spine rows that have one.
+
+    Over clean partitions only, `__history{n}` holds one row per key and event time, so the latest pair is
+    the answer (`clean`: arg_max in the export's statement). Rows of unclean partitions come into it as they
+    are, without the deduplication windows (which were most of an export over fresh segments): each spine
+    row takes its latest event time's greatest and least position in one aggregate (`pairs`); when they
+    differ (a tie, or a message delivered twice), only that key and event time is settled by the windows,
+    over that group's rows (`ambiguous`, `settled`). A message's copies have the same bytes, hence the same
+    key and event time, so deduplicating by message id within the group is deduplicating it in its
+    partition. These run as statements of their own, into temporary tables, so that the export's statement
+    plans its fetch with their true sizes."""
+
+    join: EntityJoin
+    n: int
+    source: JoinSource
+    spine_view: str
+    ts: str
+    hot: str | None
+
+    def clean(self) -> str:
+        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        hot_history = f"(SELECT * FROM __history{self.n} WHERE {key} IN ({self.hot_keys}))"
+        return (
+            f"SELECT s.{ROW_COLUMN}, arg_max(h.{POSITION}, h.{time}) AS {POSITION}\n"
+            f"  FROM {self.spine}\n  JOIN {self.pairs_of(f'__history{self.n}')}\n  GROUP BY s.{ROW_COLUMN}"
+            + self.by_asof(hot_history, "")
+        )
+
+    def pairs(self) -> str:
+        """ROW_COLUMN, POSITION and _TIME (NULL unless the latest event time has several rows)."""
+        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        upper = f"(epoch_us(h.{time}) + {_TIME_OFFSET})::HUGEINT << 64"
+        latest = f"arg_max(h.{POSITION}, ({upper}) | h.{POSITION})"
+        least = f"max(({upper}) | ({_MAX_POSITION} - h.{POSITION}))"
+        tied = f"CASE WHEN {POSITION} <> {_MAX_POSITION} - (__least & {_LOW_BITS})::BIGINT"
+        tied += f" THEN (__least >> 64)::BIGINT - {_TIME_OFFSET} END"
+        hot_history = ""
+        if self.hot:
+            clean = (
+                [f"SELECT * FROM ({self.source.clean}) WHERE {key} IN ({self.hot_keys})"] if self.source.clean else []
+            )
+            hot_history = (
+                "(" + "\n  UNION ALL ".join([*clean, self.settle(f"WHERE u.{key} IN ({self.hot_keys})")]) + ")"
+            )
+        history = f"(\n  {self.source.narrow}\n  )"
+        return (
+            f"SELECT {ROW_COLUMN}, {POSITION}, {tied} AS {_TIME} FROM (\n"
+            f"  SELECT s.{ROW_COLUMN}, {latest} AS {POSITION}, {least} AS __least\n"
+            f"  FROM {self.spine}\n  JOIN {self.pairs_of(history)}\n  GROUP BY s.{ROW_COLUMN}\n)"
+            + self.by_asof(hot_history, f", NULL::BIGINT AS {_TIME}")
+        )
+
+    def ambiguous(self, pairs: str) -> str:
+        """The spine rows whose latest event time has several rows: ROW_COLUMN, the key, _TIME."""
+        key = quote(self.join.spec.key.name)
+        return (
+            f"SELECT p.{ROW_COLUMN}, CAST(s.{key} AS {self.key_type}) AS {key}, p.{_TIME}\n"
+            f"FROM {pairs} AS p JOIN {self.spine_view} AS s ON s.{ROW_COLUMN} = p.{ROW_COLUMN}\n"
+            f"WHERE p.{_TIME} IS NOT NULL"
+        )
+
+    def settled(self, pairs: str, ambiguous: str) -> str:
+        """The match: `pairs`' unambiguous rows, and the tie-break winner of the ambiguous ones' groups."""
+        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        group = f"u.{key} = a.{key} AND epoch_us(u.{time}) = a.{_TIME}"
+        return (
+            f"SELECT {ROW_COLUMN}, {POSITION}, NULL::BIGINT AS {_TIME} FROM {pairs} WHERE {_TIME} IS NULL\n"
+            f"UNION ALL\n"
+            f"SELECT a.{ROW_COLUMN}, u.{POSITION}, NULL::BIGINT AS {_TIME} FROM {ambiguous} AS a\n"
+            f"JOIN (\n  {self.settle(f'SEMI JOIN {ambiguous} AS a ON {group}')}\n) AS u ON {group}"
+        )
+
+    def settle(self, restrict: str) -> str:
+        """The tie-break winner per key and event time among the unclean partitions' rows (aliased `u`) that
+        `restrict` keeps: each message id at its first ingest, then the latest ingest time, the greatest
+        message id. One partition at a time (a group never spans two)."""
+        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        first_ingest = f"QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1"
+        latest = f"PARTITION BY {key}, {time} ORDER BY {INGEST_TIME} DESC, {MESSAGE_ID} DESC"
+        return "\n  UNION ALL\n  ".join(
+            f"SELECT {key}, {time}, {POSITION} FROM (\n    SELECT * FROM ({rows}) AS u {restrict} {first_ingest}\n  )"
+            f" QUALIFY row_number() OVER ({latest}) = 1"
+            for rows in self.source.unsure
+        )
+
+    @property
+    def key_type(self) -> str:
+        return "BIGINT" if self.join.spec.key.kind == "int64" else "VARCHAR"
+
+    @property
+    def spine(self) -> str:
+        """The spine rows the hash join takes: all but the hot keys'."""
+        key = quote(self.join.spec.key.name)
+        return f"{self.spine_view} AS s" + (f" ANTI JOIN {self.hot} AS hot ON s.{key} = hot.key" if self.hot else "")
+
+    def pairs_of(self, history: str) -> str:
+        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        on = f"{history} AS h ON h.{key} = CAST(s.{key} AS {self.key_type}) AND h.{time} <= {self.ts}"
+        return on + (f" AND {self.fresh_enough}" if self.fresh_enough else "")
+
+    @property
+    def hot_keys(self) -> str:
+        return f"SELECT CAST(key AS {self.key_type}) FROM {self.hot}"
+
+    @property
+    def fresh_enough(self) -> str:
+        ttl, time = self.join.spec.ttl_seconds, quote(self.join.spec.event_time.name)
+        return f"h.{time} > {self.ts} - INTERVAL '{ttl} seconds'" if ttl else ""
+
+    def by_asof(self, hot_history: str, extra: str) -> str:
+        """Hot keys' spine rows by an ASOF join over `hot_history` (their keys' tie-break winners)."""
+        if self.hot is None:
+            return ""
+        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        return (
+            f"\n  UNION ALL\n"
+            f"  SELECT s.{ROW_COLUMN}, h.{POSITION}{extra}\n"
+            f"  FROM (SELECT s.* FROM {self.spine_view} AS s SEMI JOIN {self.hot} AS hot ON s.{key} = hot.key) AS s\n"
+            f"  ASOF JOIN {hot_history} AS h ON h.{key} = CAST(s.{key} AS {self.key_type}) AND {self.ts} >= h.{time}"
+            + (f"\n  WHERE {self.fresh_enough}" if self.fresh_enough else "")
+        )

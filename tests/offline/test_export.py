@@ -203,3 +203,37 @@ def test_a_late_redelivery_does_not_win_a_tie(tmp_path: Path, registry: Registry
     out = tmp_path / "train.parquet"
     store.export_training_set(pa.table({"user_id": [1, 1], "event_timestamp": [at(5), at(4)]}), ["user:age"], out)
     assert pq.read_table(out).column("user__age").to_pylist() == [20, None]
+
+
+def test_unclean_partitions_settle_only_tied_groups(
+    offline: DuckDBOfflineStore, user: EntitySpec, tmp_path: Path
+) -> None:
+    """Over fresh segments and journals the match takes every row as it is and settles, by the windows,
+    only the spine rows whose latest event time has several rows (a tie, a redelivery); hot keys (the ASOF
+    route) settle their keys' rows. Untied history needs no settling statement at all."""
+    segment = DuckDBOfflineStore(
+        offline.root, offline.registry, policy=CompactionPolicy(compact_after=0, journal_below_rows=1)
+    )
+    segment.write(
+        user, rows(user, {"key": 1, "t": 10, "ingest": 11, "id": "a", "age": 1}, {"key": 2, "t": 10, "age": 7})
+    )
+    spine = spine_of(user_id=[2, 1], event_timestamp=[at(20), at(20)])
+    manifest = offline.export_training_set(spine, ["user:age"], tmp_path / "untied.parquet")
+    assert "__fstore_pairs0" in manifest["sql"] and "__fstore_ambiguous0" not in manifest["sql"]
+    assert pq.read_table(tmp_path / "untied.parquet").column("user__age").to_pylist() == [7, 1]
+
+    offline.write(user, rows(user, {"key": 1, "t": 10, "ingest": 12, "id": "b", "age": 2}))  # a journal: wins
+    segment.write(user, rows(user, {"key": 1, "t": 10, "ingest": 13, "id": "a", "age": 1}))  # a redelivered
+    hot = [3] * 20  # user 3 takes the ASOF route, over a tie of its own
+    segment.write(
+        user,
+        rows(
+            user,
+            {"key": 3, "t": 5, "ingest": 6, "id": "p", "age": 30},
+            {"key": 3, "t": 5, "ingest": 6, "id": "q", "age": 31},
+        ),
+    )
+    spine = spine_of(user_id=[2, 1, 1, *hot], event_timestamp=[at(20), at(20), at(9), *[at(5)] * 20])
+    manifest = offline.export_training_set(spine, ["user:age"], tmp_path / "tied.parquet")
+    assert "__fstore_ambiguous0" in manifest["sql"]
+    assert pq.read_table(tmp_path / "tied.parquet").column("user__age").to_pylist() == [7, 2, None] + [31] * 20
