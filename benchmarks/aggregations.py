@@ -349,7 +349,7 @@ def ingest(args: argparse.Namespace) -> None:
     inside = {c: n for c, n in script_calls.most_common() if c not in ("evalsha", "info", "script|load")}
     print(
         f"  inside the script, {sum(inside.values()) / args.events:.1f} Redis commands per event: "
-        + ", ".join(f"{c.upper()} {n / args.events:.2f}" for c, n in inside.items())
+        + ", ".join(f"{c.upper()} {n / args.events:.2f} ({script_us[c] / n:.1f} µs each)" for c, n in inside.items())
     )
 
 

@@ -149,11 +149,11 @@ def materialize(
                 refused += done.failed
         for name in families:
             started = time.monotonic()
-            rows, folded, late = materialize_family(fs, fs.registry.family(name))
+            rebuilt = materialize_family(fs, fs.registry.family(name))
             typer.echo(
-                f"materialized aggregation family {name} from {rows:,} history rows: {folded:,} newly folded into "
-                f"its tiles, {late:,} later than the allowed lateness (offline only), "
-                f"in {time.monotonic() - started:.1f} s"
+                f"materialized aggregation family {name} from {rebuilt.rows:,} history rows: {rebuilt.folded:,} "
+                f"newly folded into its tiles, {rebuilt.late:,} later than the allowed lateness (offline only), "
+                f"{rebuilt.dropped:,} keys of earlier layouts deleted, in {time.monotonic() - started:.1f} s"
             )
     if refused:
         raise typer.Exit(1)

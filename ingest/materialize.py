@@ -12,7 +12,8 @@ as its longest window reaches (all of it for a lifetime feature), streamed in ba
 tiles by the streaming job's own `TileStore.apply`, each event with its stored ingest time, so the same events
 are accepted or refused as late as when they streamed in. Tiles are idempotent by message id: events already
 folded change nothing, so it refills a family whose tiles were lost, or whose layout changed, and is a no-op on
-tiles that are whole.
+tiles that are whole. Then the keys of the family's earlier layouts are deleted (a changed family is written
+under a new layout digest, and a lifetime family's old keys would never expire).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,9 +64,18 @@ def materialize(
     return rows, done
 
 
-def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None = None) -> tuple[int, int, int]:
-    """(history rows read, events folded or already in the tiles, events refused as later than the allowed
-    lateness). `now_us`: the clock that decides how far back windows reach (tests move it)."""
+class FamilyRebuild(NamedTuple):
+    """What `materialize_family` did."""
+
+    rows: int  # history rows read
+    folded: int  # events newly folded into the tiles (0 for events already in them)
+    late: int  # events refused as later than the allowed lateness (they stay offline only)
+    dropped: int  # keys of the family's earlier layouts deleted
+
+
+def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None = None) -> FamilyRebuild:
+    """Fold the family's history into its tiles, then delete the keys its earlier layouts left behind.
+    `now_us`: the clock that decides how far back windows reach (tests move it)."""
     from fstore.store.online.tiles import TileStore, tile_events_from_table
 
     now = time.time_ns() // 1_000 if now_us is None else now_us
@@ -80,9 +91,10 @@ def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None 
             events = tile_events_from_table(family, pa.Table.from_batches([batch]))
             done = until_stored(functools.partial(tiles.apply, family, events, now), f"tiles of {family.name}")
             rows, applied, refused = rows + batch.num_rows, applied + done[0], refused + done[1]
+        dropped = tiles.drop_other_layouts(family)
     finally:
         tiles.close()
-    return rows, applied, refused
+    return FamilyRebuild(rows, applied, refused, dropped)
 
 
 def _write(fs: FeatureStore, spec: EntitySpec, batch: pa.RecordBatch) -> WriteResult:

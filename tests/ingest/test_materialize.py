@@ -316,6 +316,7 @@ def test_an_aggregation_familys_tiles_are_rebuilt_from_the_history(
     """Orders over 10 days, some later than the allowed lateness, some stored twice: after the tiles are lost,
     materialize folds the history back, every feature equal to the brute force of the definition; again, it
     changes nothing; and the CLI names the family."""
+    import dataclasses
     import math
     import random
 
@@ -349,7 +350,7 @@ def test_an_aggregation_familys_tiles_are_rebuilt_from_the_history(
 
     history = fs.offline.history(order).to_pylist()
     assert len(history) == 600
-    read, folded, late = materialize_family(fs, family, now)
+    read, folded, late, _ = materialize_family(fs, family, now)
     assert read == 600 and folded + late == 600 and late > 20
     events = events_of_history(history)
     rebuilt = online()
@@ -362,10 +363,19 @@ def test_an_aggregation_familys_tiles_are_rebuilt_from_the_history(
                 assert row[feature.name] == truth, (key, feature.name, row[feature.name], truth)
     assert sum(r["order_count_7d"] for r in rebuilt) > 100
     before = {key: client.dump(key) for key in client.keys("*")}
-    assert materialize_family(fs, family, now) == (600, 0, late)  # every id already folded
+    assert materialize_family(fs, family, now) == (600, 0, late, 0)  # every id already folded
     assert online() == rebuilt and {key: client.dump(key) for key in client.keys("*")} == before
     client.flushall()
     assert materialize_family(fs, family, now)[1] == folded and online() == rebuilt
+    # an edit of the family and its revert: each layout's rebuild deletes the other's keys, none is left behind
+    edited = dataclasses.replace(family, features=family.features[:2])
+    current = len(client.keys("fs*"))
+    assert materialize_family(fs, edited, now).dropped == current
+    digest = TileStore.beside(fs.online).layout(edited).digest
+    assert client.keys("fs*") and all(digest.encode() in key for key in client.keys("fs*"))
+    left = len(client.keys("fs*"))
+    assert materialize_family(fs, family, now) == (600, folded, late, left)
+    assert online() == rebuilt and not any(digest.encode() in key for key in client.keys("fs*"))
     proc = fstore(tmp_path, "--entity", "user_orders")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("materialized aggregation family user_orders from 600 history rows: 0 newly folded")

@@ -140,6 +140,12 @@ def test_aggregation_tiles_on_a_cluster(store: RedisOnlineStore) -> None:
     assert tiles.apply(family, events) == (0, 0)
     rows = tiles.read(family, [1, 39, 40])
     assert [r["order_count_1h"] for r in rows] == [1, 1, 0] and rows[0]["amount_sum_7d"] == 2.0
+    # a changed family writes under a new layout; dropping the other layouts finds keys on every node
+    import dataclasses
+
+    edited = dataclasses.replace(family, features=family.features[:2])
+    assert tiles.drop_other_layouts(edited) == 40 * 3  # per key its state, its LAST state and one id set
+    assert tiles.read(family, [1])[0]["order_count_1h"] == 0
     tiles.close()
 
 
