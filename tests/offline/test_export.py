@@ -237,3 +237,32 @@ def test_unclean_partitions_settle_only_tied_groups(
     manifest = offline.export_training_set(spine, ["user:age"], tmp_path / "tied.parquet")
     assert "__fstore_ambiguous0" in manifest["sql"]
     assert pq.read_table(tmp_path / "tied.parquet").column("user__age").to_pylist() == [7, 2, None] + [31] * 20
+
+
+@pytest.mark.parametrize("layout", ["compacted", "fresh"])
+def test_an_export_does_not_import_pandas(tmp_path: Path, registry: Registry, user: EntitySpec, layout: str) -> None:
+    """pandas costs 0.2 s to import, more than the rest of an export's fixed work together; a process that
+    exports a parquet spine never needs it (`schema.empty_table()` imported it, `empty_table` does not)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import DESCRIPTOR_SET
+
+    offline = DuckDBOfflineStore(tmp_path / "offline", registry)
+    offline.write(user, rows(user, *({"key": k, "t": 10, "age": k} for k in range(2_000))))
+    if layout == "compacted":
+        offline.compact(user)
+    pq.write_table(pa.table({"user_id": [1, 2], "event_timestamp": [at(20), at(20)]}), tmp_path / "spine.parquet")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from fstore.schema.registry import Registry\n"
+        "from fstore.store.offline.duckdb import DuckDBOfflineStore\n"
+        f"registry = Registry.from_descriptor_set(Path({str(DESCRIPTOR_SET)!r}))\n"
+        f"store = DuckDBOfflineStore(Path({str(tmp_path / 'offline')!r}), registry)\n"
+        f"spine, out = {str(tmp_path / 'spine.parquet')!r}, Path({str(tmp_path / 'out.parquet')!r})\n"
+        "store.export_training_set(spine, ['user:*'], out)\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    assert pq.read_table(tmp_path / "out.parquet").column("user__age").to_pylist() == [1, 2]
