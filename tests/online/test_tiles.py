@@ -297,7 +297,7 @@ def test_nan_and_infinities_read_as_the_export_computes_them() -> None:
 
 
 def test_last_breaks_ties_on_the_message_id_byte_by_byte() -> None:
-    """Events of one key with the same event and ingest time in different batches: LAST is the one with the
+    """Events of one key with the same event and ingest time, in different batches or in one: LAST is the one with the
     greatest message id (compared byte by byte, as the export compares it), whether it sits in the tail, in
     the compacted lists or arrived first, and also after many more folds compact the tail."""
     family = wide_family()
@@ -310,8 +310,12 @@ def test_last_breaks_ties_on_the_message_id_byte_by_byte() -> None:
             for i, message_id in enumerate(ids):
                 values = {"amount": float(i), "status": message_id}
                 tiles.apply(family, [TileEvent(key, at, at + 1, message_id, False, values)], now)
-        rows = tiles.read(family, [1, 2, 3], now)
-        assert [r["last_status"] for r in rows] == ["b", "b", "a"]
+            batch = [
+                TileEvent(key + 3, at, at + 1, m, False, {"amount": float(i), "status": m}) for i, m in enumerate(ids)
+            ]
+            tiles.apply(family, [TileEvent(key + 3, at - 1, at + 2, "zz", False, {"status": "older"}), *batch], now)
+        rows = tiles.read(family, [1, 2, 3, 4, 5, 6], now)
+        assert [r["last_status"] for r in rows] == ["b", "b", "a"] * 2  # across batches and within one
         assert all(r[f.name] == r["last_status"] for r in rows for f in features if f.field.name == "status")
         for n in range(40):  # older events: the tail is compacted again and again, the tie's winner stays
             tiles.apply(family, [TileEvent(k, at - (n + 1) * MINUTE, at, f"x{n}", False, {"status": "old"})
