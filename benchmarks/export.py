@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -281,7 +282,8 @@ def main() -> None:
             rate = args.spine_rows / result["seconds"]
             print(
                 f"{which:>6}: {result['seconds']:6.2f} s wall  {result['cpu_seconds']:6.2f} s CPU  "
-                f"{rate:12,.0f} spine rows/s  peak RSS {result['peak_rss_mb']:7,.0f} MB"
+                f"{rate:12,.0f} spine rows/s  peak RSS {result['peak_rss_mb']:7,.0f} MB  "
+                f"load {os.getloadavg()[0]:.2f}"  # a shared machine: what else ran shows here
             )
             if which not in best or result["seconds"] < best[which]["seconds"]:
                 best[which] = result
