@@ -244,8 +244,8 @@ class _Match:
     differ (a tie, or a message delivered twice), only that key and event time is settled by the windows,
     over that group's rows (`ambiguous`, `settled`). A message's copies have the same bytes, hence the same
     key and event time, so deduplicating by message id within the group is deduplicating it in its
-    partition. These run as statements of their own, into temporary tables, so that the export's statement
-    plans its fetch with their true sizes."""
+    partition. These run as statements of their own (`match_unclean`), so that the export's statement plans
+    its fetch with their true sizes."""
 
     join: EntityJoin
     n: int
@@ -255,7 +255,7 @@ class _Match:
     hot: str | None
 
     def clean(self) -> str:
-        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        key, time = self.key, self.time
         hot_history = f"(SELECT * FROM __history{self.n} WHERE {key} IN ({self.hot_keys}))"
         return (
             f"SELECT s.{ROW_COLUMN}, arg_max(h.{POSITION}, h.{time}) AS {POSITION}\n"
@@ -265,7 +265,7 @@ class _Match:
 
     def pairs(self) -> str:
         """ROW_COLUMN, POSITION and _TIME (NULL unless the latest event time has several rows)."""
-        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        key, time = self.key, self.time
         upper = f"(epoch_us(h.{time}) + {_TIME_OFFSET})::HUGEINT << 64"
         latest = f"arg_max(h.{POSITION}, ({upper}) | h.{POSITION})"
         least = f"max(({upper}) | ({_MAX_POSITION} - h.{POSITION}))"
@@ -289,7 +289,7 @@ class _Match:
 
     def ambiguous(self, pairs: str) -> str:
         """The spine rows whose latest event time has several rows: ROW_COLUMN, the key, _TIME."""
-        key = quote(self.join.spec.key.name)
+        key = self.key
         return (
             f"SELECT p.{ROW_COLUMN}, CAST(s.{key} AS {self.key_type}) AS {key}, p.{_TIME}\n"
             f"FROM {pairs} AS p JOIN {self.spine_view} AS s ON s.{ROW_COLUMN} = p.{ROW_COLUMN}\n"
@@ -298,7 +298,7 @@ class _Match:
 
     def settled(self, pairs: str, ambiguous: str) -> str:
         """The match: `pairs`' unambiguous rows, and the tie-break winner of the ambiguous ones' groups."""
-        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        key, time = self.key, self.time
         group = f"u.{key} = a.{key} AND epoch_us(u.{time}) = a.{_TIME}"
         return (
             f"SELECT {ROW_COLUMN}, {POSITION}, NULL::BIGINT AS {_TIME} FROM {pairs} WHERE {_TIME} IS NULL\n"
@@ -311,7 +311,7 @@ class _Match:
         """The tie-break winner per key and event time among the unclean partitions' rows (aliased `u`) that
         `restrict` keeps: each message id at its first ingest, then the latest ingest time, the greatest
         message id. One partition at a time (a group never spans two)."""
-        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        key, time = self.key, self.time
         first_ingest = f"QUALIFY row_number() OVER (PARTITION BY {MESSAGE_ID} ORDER BY {INGEST_TIME}) = 1"
         latest = f"PARTITION BY {key}, {time} ORDER BY {INGEST_TIME} DESC, {MESSAGE_ID} DESC"
         return "\n  UNION ALL\n  ".join(
@@ -321,17 +321,25 @@ class _Match:
         )
 
     @property
+    def key(self) -> str:
+        return quote(self.join.spec.key.name)
+
+    @property
+    def time(self) -> str:
+        return quote(self.join.spec.event_time.name)
+
+    @property
     def key_type(self) -> str:
         return "BIGINT" if self.join.spec.key.kind == "int64" else "VARCHAR"
 
     @property
     def spine(self) -> str:
         """The spine rows the hash join takes: all but the hot keys'."""
-        key = quote(self.join.spec.key.name)
+        key = self.key
         return f"{self.spine_view} AS s" + (f" ANTI JOIN {self.hot} AS hot ON s.{key} = hot.key" if self.hot else "")
 
     def pairs_of(self, history: str) -> str:
-        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        key, time = self.key, self.time
         on = f"{history} AS h ON h.{key} = CAST(s.{key} AS {self.key_type}) AND h.{time} <= {self.ts}"
         return on + (f" AND {self.fresh_enough}" if self.fresh_enough else "")
 
@@ -341,14 +349,14 @@ class _Match:
 
     @property
     def fresh_enough(self) -> str:
-        ttl, time = self.join.spec.ttl_seconds, quote(self.join.spec.event_time.name)
-        return f"h.{time} > {self.ts} - INTERVAL '{ttl} seconds'" if ttl else ""
+        ttl = self.join.spec.ttl_seconds
+        return f"h.{self.time} > {self.ts} - INTERVAL '{ttl} seconds'" if ttl else ""
 
     def by_asof(self, hot_history: str, extra: str) -> str:
         """Hot keys' spine rows by an ASOF join over `hot_history` (their keys' tie-break winners)."""
         if self.hot is None:
             return ""
-        key, time = quote(self.join.spec.key.name), quote(self.join.spec.event_time.name)
+        key, time = self.key, self.time
         return (
             f"\n  UNION ALL\n"
             f"  SELECT s.{ROW_COLUMN}, h.{POSITION}{extra}\n"
