@@ -344,12 +344,13 @@ class DuckDBOfflineStore(OfflineStore):
                 aggregations.append(
                     duckdb_aggregation_sql(a.family, a.features, a.columns, spine_rows, history, plan.timestamp_column)
                 )
-            matched, ran = match_unclean(con, plan, SPINE_VIEW, sources, hot_keys)
+            show = options.progress and sys.stderr.isatty()
+            matched, ran = match_unclean(con, plan, SPINE_VIEW, sources, hot_keys, show)
             sql = duckdb_export_sql(plan, SPINE_VIEW, sources, hot_keys, aggregations, matched)
             # RETURN_STATS: the manifest's row and null counts without reading the file back.
             options_sql = f"FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, RETURN_STATS"
             copy = f"COPY ({sql}) TO '{escape(str(tmp))}' ({options_sql})"
-            returned = execute_with_progress(con, copy, plan.spine.rows, options.progress and sys.stderr.isatty())
+            returned = execute_with_progress(con, copy, plan.spine.rows, show)
             return ";\n".join([*ran, sql]), copy_counts(returned)
 
         try:

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
 from fstore.store.offline.export import EntityJoin, ExportPlan, quote
+from fstore.store.offline.progress import run_with_progress
 from fstore.store.offline.spine import ROW_COLUMN
 from fstore.store.offline.sql import (
     SUPERSEDED_AT,
@@ -156,18 +157,22 @@ def match_unclean(
     spine_view: str,
     sources: dict[str, JoinSource],
     hot_keys: dict[int, str],
+    progress: bool = False,
 ) -> tuple[dict[int, str], list[str]]:
     """For each join over unclean partitions, its match (ROW_COLUMN, POSITION, and _TIME, NULL), made before
     the export's statement, which then plans with its true size (`_Match`). Each result is an Arrow table
     registered on `con` (24 bytes a spine row, beside the spine's own Arrow table): DuckDB cannot spill a
-    temporary table of an in-memory database, and the statements' results stream out. Returns join index ->
-    view, and the statements run, for the manifest."""
+    temporary table of an in-memory database, and the statements' results stream out. `progress`: a bar
+    over the pairs' statement, the long one. Returns join index -> view, and the statements run, for the
+    manifest."""
     views: dict[int, str] = {}
     ran: list[str] = []
 
-    def register(name: str, sql: str) -> pa.Table:
+    def register(name: str, sql: str, show: bool = False) -> pa.Table:
         ran.append(f"{name} = {sql}")
-        table = con.sql(sql).to_arrow_reader(_BATCH_ROWS).read_all()
+        table = run_with_progress(
+            con, lambda: con.sql(sql).to_arrow_reader(_BATCH_ROWS).read_all(), plan.spine.rows, show, "matching"
+        )
         con.register(name, table)
         return table
 
@@ -179,7 +184,7 @@ def match_unclean(
         match = _Match(j, n, source, spine_view, ts, hot_keys.get(n))
         pairs, ambiguous = f"__fstore_pairs{n}", f"__fstore_ambiguous{n}"
         views[n] = pairs
-        found = register(pairs, match.pairs())
+        found = register(pairs, match.pairs(), progress)
         if found.column(_TIME).null_count < found.num_rows:  # some latest event times have several rows
             register(ambiguous, match.ambiguous(pairs))
             views[n] = f"__fstore_matched{n}"

@@ -3,38 +3,48 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import duckdb
+
+T = TypeVar("T")
 
 
 def execute_with_progress(
     con: duckdb.DuckDBPyConnection, sql: str, total_rows: int, show: bool
 ) -> list[tuple[Any, ...]]:
     """Run `sql`; its result rows (a COPY's RETURN_STATS, say)."""
+    return run_with_progress(con, lambda: con.execute(sql).fetchall(), total_rows, show)
+
+
+def run_with_progress(
+    con: duckdb.DuckDBPyConnection, work: Callable[[], T], total_rows: int, show: bool, label: str = "exporting"
+) -> T:
+    """`work()`, which runs one statement on `con`, under a bar of `total_rows` spine rows labelled `label`."""
     if not show:
-        return con.execute(sql).fetchall()
+        return work()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     error: list[BaseException] = []
-    result: list[tuple[Any, ...]] = []
+    result: list[T] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
-            result.extend(con.execute(sql).fetchall())
+            result.append(work())
         except BaseException as exc:  # re-raised in the caller's thread
             error.append(exc)
 
-    worker = threading.Thread(target=work, daemon=True)
+    worker = threading.Thread(target=run, daemon=True)
     columns = (
-        TextColumn("exporting"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("spine rows"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("export", total=total_rows)
+        task = bar.add_task(label, total=total_rows)
         worker.start()
         while worker.is_alive():
             worker.join(0.2)
@@ -45,4 +55,4 @@ def execute_with_progress(
         bar.update(task, completed=total_rows)
     if error:
         raise error[0]
-    return result
+    return result[0]

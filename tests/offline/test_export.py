@@ -177,6 +177,18 @@ def test_progress_bar_runs_the_query(offline: DuckDBOfflineStore, tmp_path: Path
         execute_with_progress(con, "SELECT * FROM nope", 10, True)
 
 
+def test_progress_bar_over_an_arrow_result() -> None:
+    """The match over unclean partitions streams its result into Arrow under a bar of its own."""
+    import duckdb
+
+    from fstore.store.offline.progress import run_with_progress
+
+    con = duckdb.connect()
+    query = "SELECT range % 7 AS k, count(*) AS n FROM range(3000000) GROUP BY k"
+    table = run_with_progress(con, lambda: con.sql(query).to_arrow_reader(1 << 20).read_all(), 10, True, "matching")
+    assert sorted(table.column("n").to_pylist()) == [428_571] * 4 + [428_572] * 3
+
+
 LAYOUTS = ["journals", "segments", "segment then journal", "compacted", "compacted then journal"]
 
 
