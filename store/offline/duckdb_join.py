@@ -91,7 +91,8 @@ def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | No
     key, time = quote(join.spec.key.name), quote(join.spec.event_time.name)
     features = ", ".join(quote(f.name) for f in join.features)
     where = " AND ".join(history_filters(join, bounds, "duckdb"))
-    clean, partitions = _reads(sources)
+    reads = _reads(sources)
+    clean = reads.clean
     narrow: list[str] = []
     if clean and join.high_water_mark is not None:
         mark = timestamp_literal(join.high_water_mark, "duckdb")
@@ -100,20 +101,22 @@ def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | No
             f"    WHERE {where} AND ({SUPERSEDED_AT} IS NULL OR {SUPERSEDED_AT} > {mark})"
         )
     clean_narrow = narrow[0] if narrow else None
-    unsure: list[str] = []
-    for reads in partitions:
-        for columns, into in ((f"{INGEST_TIME}, {MESSAGE_ID}, ", unsure), ("", narrow)):
-            selects = (
-                f"SELECT {key}, {time}, {columns}{r.position} AS {POSITION} FROM {r.relation} WHERE {where}"
-                for r in reads
-            )
-            into.append("\n    UNION ALL ".join(selects))
-    reads = ([clean] if clean else []) + [r for unsure in partitions for r in unsure]
+
+    def selected(of: list[_Read], columns: str = "") -> str:
+        selects = (
+            f"SELECT {key}, {time}, {columns}{r.position} AS {POSITION} FROM {r.relation} WHERE {where}" for r in of
+        )
+        return "\n    UNION ALL ".join(selects)
+
+    if reads.unclean:
+        narrow.append(selected(reads.unclean))
+    unsure = [selected(part, f"{INGEST_TIME}, {MESSAGE_ID}, ") for part in reads.partitions]
     # The fetch reads only matched positions: no high-water mark needed (its column costs a decode per row);
     # the time range stays, for row-group pruning. By name, with the (empty) table of the current schema:
     # files older than a column lack it.
     pruning = " AND ".join(time_range_filters(join, bounds, "duckdb"))
-    wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {pruning}" for r in reads]
+    every = ([clean] if clean else []) + reads.unclean
+    wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {pruning}" for r in every]
     wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
     if not narrow:
         narrow.append(f"SELECT {key}, {time}, NULL::BIGINT AS {POSITION} FROM {empty_view}")
@@ -128,19 +131,33 @@ class _Read:
     position: str
 
 
-def _reads(sources: Sources) -> tuple[_Read | None, list[list[_Read]]]:
-    """The clean files' read, then per mixed partition its reads, each with its position expression: files
-    and journals are numbered in that order."""
+@dataclass(frozen=True)
+class _Reads:
+    """A table's reads, each with its position expression. Files are numbered clean ones first, then the
+    unclean partitions' in partition order, then the journals: so that one read takes every unclean file
+    (`unclean`: a union of thirty reads, one per fresh day, ran out of memory where one read did not, 100M
+    rows at 1 GB), and `partitions` the same rows one partition at a time (for its windows)."""
+
+    clean: _Read | None
+    unclean: list[_Read]
+    partitions: list[list[_Read]]
+
+
+def _reads(sources: Sources) -> _Reads:
     clean = _Read(_parquet(sources.clean), _position("file_index", "file_row_number")) if sources.clean else None
-    first, partitions = len(sources.clean), []
+    files = [f for p in sources.partitions for f in p.files]
+    first = len(sources.clean)
+    unclean = [_Read(_parquet(files), _position(f"{first} + file_index", "file_row_number"))] if files else []
+    journal, partitions = first + len(files), []
     for p in sources.partitions:
         reads = [_Read(_parquet(p.files), _position(f"{first} + file_index", "file_row_number"))] if p.files else []
         first += len(p.files)
         if p.journal:
-            reads.append(_Read(p.journal, _position(str(first), JOURNAL_ROW)))
-            first += 1
+            reads.append(_Read(p.journal, _position(str(journal), JOURNAL_ROW)))
+            unclean.append(reads[-1])
+            journal += 1
         partitions.append(reads)
-    return clean, partitions
+    return _Reads(clean, unclean, partitions)
 
 
 def _parquet(files: Sequence[str]) -> str:
