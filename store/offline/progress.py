@@ -44,15 +44,23 @@ def run_with_progress(
         TimeElapsedColumn(),
     )
     with Progress(*columns, transient=True) as bar:
-        task = bar.add_task(label, total=total_rows)
+        task = bar.add_task(label, total=None)  # a pulsing bar and the time elapsed until DuckDB can tell
         worker.start()
         while worker.is_alive():
             worker.join(0.2)
-            # DuckDB reports the running query's progress as a percentage (-1 when it cannot tell).
-            percent = con.query_progress()
-            if percent >= 0:
-                bar.update(task, completed=int(total_rows * min(percent, 100.0) / 100))
-        bar.update(task, completed=total_rows)
+            done = completed_rows(con.query_progress(), total_rows)
+            if done is not None:
+                bar.update(task, total=total_rows, completed=done)
+        bar.update(task, total=total_rows, completed=total_rows)
     if error:
         raise error[0]
     return result[0]
+
+
+def completed_rows(percent: float, total_rows: int) -> int | None:
+    """The spine rows to show as done for DuckDB's query progress, or None while it cannot tell: it reports
+    -1, and 0 for the whole of a statement whose work sits behind a blocking operator (an export's ORDER BY),
+    so a bar showing 0 of N rows until the end would say the export is stuck."""
+    if percent <= 0:
+        return None
+    return int(total_rows * min(percent, 100.0) / 100)

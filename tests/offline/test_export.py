@@ -177,6 +177,15 @@ def test_progress_bar_runs_the_query(offline: DuckDBOfflineStore, tmp_path: Path
         execute_with_progress(con, "SELECT * FROM nope", 10, True)
 
 
+def test_progress_bar_claims_no_rows_duckdb_does_not_report() -> None:
+    """DuckDB reports -1, or 0 all along for an export (its ORDER BY blocks): the bar pulses instead of
+    showing 0 of N spine rows done; a real percentage becomes rows."""
+    from fstore.store.offline.progress import completed_rows
+
+    assert completed_rows(-1.0, 1_000) is None and completed_rows(0.0, 1_000) is None
+    assert completed_rows(42.5, 1_000) == 425 and completed_rows(130.0, 1_000) == 1_000
+
+
 def test_progress_bar_over_an_arrow_result() -> None:
     """The match over unclean partitions streams its result into Arrow under a bar of its own."""
     import duckdb
