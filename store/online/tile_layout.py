@@ -166,6 +166,11 @@ class TileLayout:
     def bucket_key(self, key: int | str, bucket: int) -> str:
         return f"fsi:{self.tag(key)}:{self.digest}:{bucket}"
 
+    def family_pattern(self) -> str:
+        """A SCAN pattern for every key of the family, under any layout (`blob_key`, `last_key`, `bucket_key`)."""
+        name = "".join("\\" + c if c in "*?[]\\" else c for c in self.family.name)  # matched literally
+        return f"fs[ail]:{{{name}:*"
+
     def oldest_numbers(self, now_us: int) -> list[int | None]:
         """Per ring, the oldest tile number a window may still read at `now_us` (None: lifetime)."""
         return [None if r.size is None else r.number(now_us) - r.slots + 1 for r in self.rings]
@@ -471,3 +476,8 @@ def decoder(kind: str) -> Any:
     if kind == "bytes":
         return lambda raw: raw
     return lambda raw: raw.decode()
+
+
+def layout_digest(name: bytes) -> bytes:
+    """The layout digest in a key named by `blob_key`, `last_key` or `bucket_key` (after the key's tag)."""
+    return name.rsplit(b":", 2)[1] if name.startswith(b"fsi:") else name.rsplit(b":", 1)[1]

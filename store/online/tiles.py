@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError
 
 from fstore.schema.aggregations import FamilySpec
 from fstore.store.online.redis import _exchange, cycle_collector_paused
-from fstore.store.online.tile_layout import FUTURE, KeyRecord, TileLayout
+from fstore.store.online.tile_layout import FUTURE, KeyRecord, TileLayout, layout_digest
 
 APPLY = (Path(__file__).with_name("apply_tiles.lua")).read_bytes()
 KEYS_PER_SCRIPT = 200  # one script call runs this many keys: Redis serves nothing else meanwhile
@@ -156,25 +156,18 @@ class TileStore:
     def drop_other_layouts(self, family: FamilySpec) -> int:
         """Delete the family's keys written under any other layout than its current one (a family whose
         features changed starts afresh under a new digest; the old keys of a windowed family would expire, a
-        lifetime family's never would). Returns the keys deleted. One SCAN over the family's keys."""
-        digest = self.layout(family).digest
-        pattern = "fs[ail]:{" + _glob_escaped(family.name) + ":*"
-        stale: list[bytes] = []
-        dropped = 0
-        for name in self.client.scan_iter(match=pattern, count=1_000):
-            kind = name[:3]
-            found = name.rsplit(b":", 2)[1] if kind == b"fsi" else name.rsplit(b":", 1)[1]
-            if found != digest.encode():
+        lifetime family's never would). Returns the keys deleted. One SCAN over the family's keys (every node
+        of a cluster; its client splits a DEL by slot)."""
+        layout = self.layout(family)
+        digest, stale, dropped = layout.digest.encode(), [], 0
+        for name in self.client.scan_iter(match=layout.family_pattern(), count=1_000):
+            if layout_digest(name) != digest:
                 stale.append(name)
             if len(stale) >= 1_000:
-                dropped += self._delete(stale)
-                stale = []
-        return dropped + self._delete(stale) if stale else dropped
-
-    def _delete(self, names: list[bytes]) -> int:
-        if self._cluster:  # keys of many slots: one DEL each, routed by the client
-            return sum(int(self.client.delete(n)) for n in names)
-        return int(self.client.delete(*names))
+                dropped, stale = dropped + int(self.client.delete(*stale)), []
+        if stale:
+            dropped += int(self.client.delete(*stale))
+        return dropped
 
     def read(self, family: FamilySpec, keys: Sequence[int | str], at_us: int | None = None) -> list[dict[str, Any]]:
         """Every feature of the family for each key at time `at_us` (default now; see the module's note)."""
@@ -238,11 +231,6 @@ def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
         )
         for i in range(table.num_rows)
     ]
-
-
-def _glob_escaped(text: str) -> str:
-    """`text` matched literally in a SCAN pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _bulks(items: Sequence[bytes]) -> bytes:
