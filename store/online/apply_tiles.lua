@@ -3,12 +3,13 @@
 --
 -- KEYS, per key of the batch: its state (a string of doubles), its LAST state (a string; only when the
 -- family has LAST features), its message-id buckets.
--- ARGV: the layout (ring count, per ring: offset, slots, stride, column ops; LAST count, per LAST: how many
---       tiles it keeps; the state's keep, ms after its newest event, 0: never expires), the empty state,
+-- ARGV: the layout (ring count, per ring: its head's offset, its slots' offset, slots, stride, column ops;
+--       LAST list count, per list: how many tiles it keeps; the state's keep, ms after its newest event's
+--       hour, 0: never expires), the empty state, per LAST list its settled tile (below),
 --       then per key: its counts (little-endian doubles: the newest event time of the batch in µs, the
 --       bucket count, per bucket its expiry in Unix ms, negative when only a set created now takes it, and
 --       its id count); the ids, bucket after bucket; the packed deltas (per delta: ring number, then the
---       ring's columns as doubles); with LAST features, the packed LAST deltas (per delta: feature number as
+--       ring's columns as doubles); with LAST features, the packed LAST deltas (per delta: list number as
 --       one byte, then the entry as the LAST state stores it).
 -- A key whose batch holds a message id already applied changes nothing (its new ids are taken back, a set
 -- it created is deleted) and is returned with those ids, so the caller folds it again without them: a
@@ -17,43 +18,50 @@
 local ring_count = tonumber(ARGV[1])
 local rings, p = {}, 2
 for r = 1, ring_count do
-  local stride, names = tonumber(ARGV[p + 2]), ARGV[p + 3]
+  local stride, names = tonumber(ARGV[p + 3]), ARGV[p + 4]
   local ops = {}
   for c = 1, stride do ops[c] = string.byte(names, c) end
-  rings[r] = { offset = tonumber(ARGV[p]), n = tonumber(ARGV[p + 1]), stride = stride, ops = ops,
-               bytes = stride * 8, fmt = '<' .. string.rep('d', stride) }
-  p = p + 4
+  rings[r] = { head = tonumber(ARGV[p]), offset = tonumber(ARGV[p + 1]), n = tonumber(ARGV[p + 2]),
+               stride = stride, ops = ops, bytes = stride * 8, fmt = '<' .. string.rep('d', stride) }
+  p = p + 5
 end
+local front = rings[1].offset * 8 -- the header and the heads, read and written as one range
+local front_fmt = '<' .. string.rep('d', rings[1].offset)
 local last_count, keeps = tonumber(ARGV[p]), {}
 for j = 1, last_count do keeps[j] = tonumber(ARGV[p + j]) end
 p = p + 1 + last_count
 local keep_ms, empty = tonumber(ARGV[p]), ARGV[p + 1]
 p = p + 2
+-- per LAST list, the newest tile every read from now on reaches past (the caller's clock, less a margin for
+-- the readers' clocks): of the entries at or before it only the newest can still be a window's
+local settled = {}
+for j = 1, last_count do settled[j] = tonumber(ARGV[p + j - 1]) end
+p = p + last_count
 local has_last = last_count > 0
 local list_empty = string.rep('\0', 8 * last_count)
 local ENTRY = 32 -- a LAST entry's head: '<dddI4I4' (tile, event time, ingest time, id size, value size)
 local conflicts, k, key_number = {}, 1, 0
 
--- A delta of the slot's own tile is merged in; one of a newer tile replaces an older tile no window reads
--- any more; one older than the slot's tile is older than the ring holds: no window reads it any more.
--- MIN and MAX keep a NaN (x ~= x: NaN), as the offline SQL does.
-local function merge(slot, delta, ops)
-  for c = 2, #delta do
-    local op, v = ops[c], delta[c]
-    if op == 97 then slot[c] = slot[c] + v              -- 'a': add
+-- A delta of a slot's own tile is merged into it (the slot's values at slot[at + 1 .. at + stride]); one of
+-- a newer tile replaces an older tile no window reads any more; one older than the slot's tile is older than
+-- the ring holds: no window reads it any more. MIN and MAX keep a NaN (x ~= x: NaN), as the offline SQL does.
+local function merge_into(slot, at, delta, ops, stride)
+  for c = 2, stride do
+    local op, v, i = ops[c], delta[c], at + c
+    if op == 97 then slot[i] = slot[i] + v              -- 'a': add
     elseif op == 109 then                               -- 'm': min
-      if v < slot[c] or v ~= v then slot[c] = v end
+      if v < slot[i] or v ~= v then slot[i] = v end
     elseif op == 77 then                                -- 'M': max
-      if v > slot[c] or v ~= v then slot[c] = v end
+      if v > slot[i] or v ~= v then slot[i] = v end
     end
   end
-  return slot
 end
 
--- The LAST state: per feature `<I4 bytes><I4 count>` and its list, entries newest tile first, each
+-- The LAST state: per field with LAST features (its features share it) `<I4 bytes><I4 count>` and its
+-- list, entries newest tile first (tiles of the field's finest LAST tile size), each
 -- '<dddI4I4' (tile, event time, ingest time, id size, value size), the message id and the value; at most
 -- `keep` of them (a tile older than all of them can never be a window's newest one). Then a tail of entries
--- folded since (each a feature byte and an entry). The tail is folded into the lists once it is longer than
+-- folded since (each a list byte and an entry). The tail is folded into the lists once it is longer than
 -- TAIL bytes, so most folds are one APPEND; a read takes the lists and the tail together (a list's entry
 -- and the tail's compete for the newest).
 local TAIL = 384
@@ -83,7 +91,7 @@ local function compact(state)
   end
   starts[last_count + 1] = pos
   local at = pos
-  while at <= #state do -- the tail, by feature and tile: the latest entry of each tile
+  while at <= #state do -- the tail, by list and tile: the latest entry of each tile
     local j = string.byte(state, at)
     local tile, ev, ing, id_size, value_size = struct.unpack('<dddI4I4', state, at + 1)
     local entry = { tile, ev, ing, id_size, value_size, at + 1 }
@@ -92,7 +100,7 @@ local function compact(state)
       tiles = {}
       lists[j] = tiles
       local from, stop = starts[j] + 8, starts[j + 1]
-      while from < stop do -- the feature's list joins in
+      while from < stop do -- the list joins in
         local t, e, i, d, v = struct.unpack('<dddI4I4', state, from)
         tiles[t] = { t, e, i, d, v, from }
         from = from + ENTRY + d + v
@@ -109,10 +117,11 @@ local function compact(state)
       local order = {}
       for _, e in pairs(tiles) do order[#order + 1] = e end
       table.sort(order, function(a, b) return a[1] > b[1] end)
-      local kept, body = math.min(#order, keeps[j]), {}
-      for n = 1, kept do
+      local kept, body = 0, {}
+      for n = 1, math.min(#order, keeps[j]) do
         local e = order[n]
-        body[n] = string.sub(state, e[6], e[6] + ENTRY + e[4] + e[5] - 1)
+        body[n], kept = string.sub(state, e[6], e[6] + ENTRY + e[4] + e[5] - 1), n
+        if e[1] <= settled[j] then break end
       end
       body = table.concat(body)
       parts[#parts + 1] = struct.pack('<I4I4', #body, kept)
@@ -140,65 +149,89 @@ while k <= #KEYS do
   local counts = ARGV[p]
   local newest, bucket_count = struct.unpack('<dd', counts)
   p = p + 1
-  local added, duplicates, expiries = {}, {}, {}
+  -- ids added (bucket, id: to take back on a duplicate), duplicates, per bucket (set, expiry, created)
+  local added, duplicates, expiries = {}, nil, {}
   for b = 1, bucket_count do
     local bucket = KEYS[first_bucket + b - 1]
     local expire, id_count = struct.unpack('<dd', counts, 17 + (b - 1) * 16)
     -- the first id goes with the SENTINEL member: 2 added, a new set; 1, an existing set; 0, a duplicate
     local created = redis.call('SADD', bucket, ARGV[p], '0')
-    if created == 0 then duplicates[#duplicates + 1] = ARGV[p] else added[#added + 1] = { bucket, ARGV[p] } end
-    created = created == 2
+    if created == 0 then duplicates = { ARGV[p] } else added[#added + 1] = bucket; added[#added + 1] = ARGV[p] end
     for i = p + 1, p + id_count - 1 do
-      if redis.call('SADD', bucket, ARGV[i]) == 1 then added[#added + 1] = { bucket, ARGV[i] }
-      else duplicates[#duplicates + 1] = ARGV[i] end
+      if redis.call('SADD', bucket, ARGV[i]) == 1 then added[#added + 1] = bucket; added[#added + 1] = ARGV[i]
+      elseif duplicates then duplicates[#duplicates + 1] = ARGV[i]
+      else duplicates = { ARGV[i] } end
     end
     p = p + id_count
-    expiries[b] = { bucket, expire, created }
+    expiries[#expiries + 1] = bucket
+    expiries[#expiries + 1] = expire
+    expiries[#expiries + 1] = created == 2
   end
   k = first_bucket + bucket_count
   local deltas = ARGV[p]
   local last_deltas = has_last and ARGV[p + 1] or ''
   p = has_last and p + 2 or p + 1
-  if #duplicates > 0 then
-    for _, e in ipairs(expiries) do
-      if e[3] then redis.call('DEL', e[1]) end
+  if duplicates then
+    for e = 1, #expiries, 3 do
+      if expiries[e + 2] then redis.call('DEL', expiries[e]) end
     end
-    for _, a in ipairs(added) do redis.call('SREM', a[1], a[2]) end
+    for a = 1, #added, 2 do redis.call('SREM', added[a], added[a + 1]) end
     conflicts[#conflicts + 1] = key_number
     conflicts[#conflicts + 1] = #duplicates
     for _, id in ipairs(duplicates) do conflicts[#conflicts + 1] = id end
   else
-    for _, e in ipairs(expiries) do
-      if e[2] > 0 or e[3] then redis.call('PEXPIREAT', e[1], string.format('%.0f', math.abs(e[2]))) end
+    for e = 1, #expiries, 3 do
+      local expire = expiries[e + 1]
+      if expire > 0 or expiries[e + 2] then
+        redis.call('PEXPIREAT', expiries[e], string.format('%.0f', math.abs(expire)))
+      end
     end
-    -- slot by slot (GETRANGE/SETRANGE): moving the whole state in and out of Lua costs ~1 ns per byte. The
-    -- header: the newest event time folded in, the LAST state's length when it was last compacted.
-    local header = redis.call('GETRANGE', blob_key, 0, 15)
-    local held_newest, compacted
-    if #header < 16 then
+    -- range by range (GETRANGE/SETRANGE): moving the whole state in and out of Lua costs ~1 ns per byte. The
+    -- front: the header (the newest event time folded in, the LAST state's length when it was last
+    -- compacted), then each ring's head, its newest tile: one table, ring r's head at rings[r].head.
+    local held = redis.call('GETRANGE', blob_key, 0, front - 1)
+    if #held < front then
       redis.call('SET', blob_key, empty)
-      held_newest, compacted = -math.huge, 0
-    else
-      held_newest, compacted = struct.unpack('<dd', header)
+      held = string.sub(empty, 1, front)
     end
+    local f = { struct.unpack(front_fmt, held) }
+    local held_newest, compacted = f[1], f[2]
     local pos = 1
     while pos <= #deltas do
       local r, tile = struct.unpack('<dd', deltas, pos)
       local ring = rings[r]
-      local offset = (ring.offset + (tile % ring.n) * ring.stride) * 8
-      local held = redis.call('GETRANGE', blob_key, offset, offset + ring.bytes - 1)
-      local held_tile = struct.unpack('<d', held)
-      if held_tile < tile then -- an empty slot, or a tile no window reads any more: the delta as it came
-        redis.call('SETRANGE', blob_key, offset, string.sub(deltas, pos + 8, pos + 7 + ring.bytes))
-      elseif held_tile == tile then
-        local slot, delta = { struct.unpack(ring.fmt, held) }, { struct.unpack(ring.fmt, deltas, pos + 8) }
-        slot[ring.stride + 1], delta[ring.stride + 1] = nil, nil
-        redis.call('SETRANGE', blob_key, offset, struct.pack(ring.fmt, unpack(merge(slot, delta, ring.ops))))
+      local at, stride = ring.head, ring.stride -- f[at + 1] is the head's tile number
+      local head_tile = f[at + 1]
+      if tile == head_tile then
+        local delta = { struct.unpack(ring.fmt, deltas, pos + 8) }
+        merge_into(f, at, delta, ring.ops, stride)
+      elseif tile > head_tile then -- a newer tile: the head moves on, the old one to its slot
+        if head_tile > -math.huge then
+          redis.call('SETRANGE', blob_key, (ring.offset + (head_tile % ring.n) * stride) * 8,
+                     struct.pack(ring.fmt, unpack(f, at + 1, at + stride)))
+        end
+        local delta = { struct.unpack(ring.fmt, deltas, pos + 8) }
+        for c = 1, stride do f[at + c] = delta[c] end
+      else -- older than the head: its slot, as the ring holds it
+        local offset = (ring.offset + (tile % ring.n) * stride) * 8
+        local slot = redis.call('GETRANGE', blob_key, offset, offset + ring.bytes - 1)
+        local held_tile = struct.unpack('<d', slot)
+        if held_tile < tile then -- an empty slot, or a tile no window reads any more: the delta as it came
+          redis.call('SETRANGE', blob_key, offset, string.sub(deltas, pos + 8, pos + 7 + ring.bytes))
+        elseif held_tile == tile then
+          slot = { struct.unpack(ring.fmt, slot) }
+          slot[stride + 1] = nil
+          local delta = { struct.unpack(ring.fmt, deltas, pos + 8) }
+          merge_into(slot, 0, delta, ring.ops, stride)
+          redis.call('SETRANGE', blob_key, offset, struct.pack(ring.fmt, unpack(slot)))
+        end
       end
       pos = pos + 8 + ring.bytes
     end
-    local later = newest > held_newest
-    local expire_at = string.format('%.0f', math.floor(math.max(newest, held_newest) / 1000) + keep_ms)
+    -- the expiry is the newest event's hour's end plus keep: it moves (PEXPIREAT) once an hour, not per fold
+    local hour = math.floor(math.max(newest, held_newest) / 3600000000)
+    local moved = hour > math.floor(held_newest / 3600000000)
+    local expire_at = string.format('%.0f', (hour + 1) * 3600000 + keep_ms)
     local now_compacted = compacted
     if #last_deltas > 0 then
       local length = redis.call('APPEND', last_key, last_deltas)
@@ -209,16 +242,15 @@ while k <= #KEYS do
         local state = compact(redis.call('GET', last_key))
         set_last(last_key, state, expire_at)
         now_compacted = #state
-      elseif later and keep_ms > 0 then
+      elseif moved and keep_ms > 0 then
         redis.call('PEXPIREAT', last_key, expire_at)
       end
-    elseif later and keep_ms > 0 and has_last then
+    elseif moved and keep_ms > 0 and has_last then
       redis.call('PEXPIREAT', last_key, expire_at) -- it may hold entries: it expires with the state
     end
-    if later or now_compacted ~= compacted then
-      redis.call('SETRANGE', blob_key, 0, struct.pack('<dd', math.max(newest, held_newest), now_compacted))
-      if later and keep_ms > 0 then redis.call('PEXPIREAT', blob_key, expire_at) end
-    end
+    f[1], f[2] = math.max(newest, held_newest), now_compacted
+    redis.call('SETRANGE', blob_key, 0, struct.pack(front_fmt, unpack(f, 1, front / 8)))
+    if moved and keep_ms > 0 then redis.call('PEXPIREAT', blob_key, expire_at) end
   end
 end
 return conflicts

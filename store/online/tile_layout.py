@@ -4,18 +4,23 @@ Per key, two strings and a few sets, under one hash tag (one cluster slot):
 
 - `fsa:{<family>:<key>}:<layout>`, the state: little-endian doubles. A header (the newest event time
   folded in, which sets the expiry, and the LAST state's length when it was last compacted), then one
-  **ring** per tile size: `slots` tiles, tile number `i` (its start divided by the tile size) in slot
-  `i mod slots`, each slot holding its tile number, the event count and, per field, the count of values and
-  their sum, min and max as the family's features need. The lifetime state is a ring of one slot. A ring
-  holds every tile a window may read (the widest window's tiles at that size, plus the tiles an event may
-  be ahead of its ingest time, plus one), so a slot's tile is replaced only by a newer tile once no window
-  at or after the read reads the older one. The script reads and writes it slot by slot.
-- `fsl:{...}:<layout>`, for LAST features: per feature, the newest tiles holding a value (as many as an
-  event may be ahead of its ingest time, plus two; one for lifetime), newest first, each its tile number,
-  order (event time and ingest time as doubles, message id) and value. The newest tile at or before the
-  read's is the window's, whatever events ahead of their time have filled. Then a tail of the entries
-  folded since the lists were last compacted (appended, compacted into the lists past 384 bytes); a read
-  takes the newest of a list's choice and the tail's entries.
+  **head** per tile size, then one **ring** per tile size. A head holds the newest tile of its size, a ring
+  the older ones: `slots` tiles, tile number `i` (its start divided by the tile size) in slot `i mod slots`.
+  Each slot (and head) holds its tile number, the event count and, per field, the count of values and their
+  sum, min and max as the family's features need. The lifetime state is a head alone. A ring holds every
+  tile a window may read (the widest window's tiles at that size, plus the tiles an event may be ahead of
+  its ingest time, plus one), so a slot's tile is replaced only by a newer tile once no window at or after
+  the read reads the older one. The script reads and writes the header and the heads in one range each (a
+  live event falls in its heads' tiles), a ring's slot only when a head moves on (the old head goes to its
+  slot) or an event is older than its head.
+- `fsl:{...}:<layout>`, for LAST features: per field, one list its LAST features share (`LastList`): the
+  newest tiles holding a value, in tiles of the finest of those features' sizes (as many as an event may be
+  ahead of its ingest time, plus two; one for lifetime; of those at or before the settled tile, an hour
+  before the writer's clock, only the newest), newest first, each its tile number, order (event time and
+  ingest time as doubles, message id) and value. The newest tile at or before a window's end is the
+  window's, whatever events ahead of their time have filled. Then a tail of the entries folded since the
+  lists were last compacted (appended, compacted into the lists past 384 bytes); a read takes the newest of
+  a list's choice and the tail's entries.
 - `fsi:{...}:<layout>:<bucket>`: sets of the message ids folded in, per 7 days of event time, kept while
   a window may read their tiles and at least the redelivery horizon after the fold. Each set also holds
   the member `0` (no id maps to it), so the script knows a set it creates and gives it its expiry once.
@@ -29,6 +34,7 @@ old bytes. A read is one MGET of the keys' states; the merge runs in numpy over 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import struct
@@ -45,7 +51,7 @@ FUTURE = MAX_FUTURE_SECONDS * 1_000_000  # how far ahead of its ingest time a st
 RETENTION_MARGIN = HOUR  # kept past a tile's last reader, for clock skew between writer and reader
 REDELIVERY_HORIZON = 7 * DAY  # Pub/Sub keeps an unacknowledged message for at most 7 days
 ID_BUCKET = 7 * DAY
-_LAYOUT_VERSION = "4"
+_LAYOUT_VERSION = "5"
 # a LAST feature's list in its state: bytes and entry count; an entry: tile, event time, ingest time, the
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
@@ -60,8 +66,9 @@ class Ring:
     """The tiles of one size (None: the lifetime state, one slot)."""
 
     size: int | None
-    slots: int
-    offset: int  # in doubles, from the blob's start
+    slots: int  # in the ring, the head apart (0: lifetime, its head alone)
+    head: int  # where the head slot starts, in doubles from the blob's start
+    offset: int  # where the ring's slots start
     columns: tuple[tuple[str, str | None], ...]  # (kind, field): index, count, then n/sum/min/max per field
 
     @property
@@ -103,56 +110,55 @@ class TileLayout:
     def __init__(self, family: FamilySpec) -> None:
         self.family = family
         sizes = sorted({f.tile for f in family.features if f.tile is not None})
-        rings, offset = [], 2  # after the header: the newest event time, the LAST state's compacted length
-        for size in [*sizes, None]:
-            features = [f for f in family.features if f.tile == size]
-            if size is not None or features:
-                ring = _ring(size, features, offset)
-                rings.append(ring)
-                offset += ring.slots * ring.stride
+        planned = [(size, [f for f in family.features if f.tile == size]) for size in [*sizes, None]]
+        planned = [(size, features) for size, features in planned if size is not None or features]
+        shapes = [_ring(size, features) for size, features in planned]
+        # after the header (the newest event time, the LAST state's compacted length): the heads, then the rings
+        head_at, offset = 2, 2 + sum(shape.stride for shape in shapes)
+        rings = []
+        for shape in shapes:
+            rings.append(dataclasses.replace(shape, head=head_at, offset=offset))
+            head_at, offset = head_at + shape.stride, offset + shape.slots * shape.stride
         self.rings: tuple[Ring, ...] = tuple(rings)
         self.width = offset
         self.fields = tuple(tuple(_field_columns(ring)) for ring in self.rings)
         self.empty_slots = tuple([_EMPTY[kind] for kind, _ in ring.columns] for ring in self.rings)
-        self.lasts = tuple(
-            (f, next(r for r, ring in enumerate(self.rings) if ring.size == f.tile))
-            for f in family.features
-            if f.function == "last"
+        # LAST: one list per field, shared by the field's LAST features (see LastList)
+        last_features = [(f, f.field.name) for f in family.features if f.function == "last" and f.field is not None]
+        last_fields = list(dict.fromkeys(name for _, name in last_features))
+        self.last_lists = tuple(
+            _last_list(name, [f for f, of in last_features if of == name], self.rings) for name in last_fields
         )
-        self.last_keeps = tuple(1 if f.tile is None else -(-FUTURE // f.tile) + 2 for f, _ in self.lasts)
-        self.lasts_of_ring = tuple(
-            tuple((i, f) for i, (f, r) in enumerate(self.lasts) if r == ring_index) for ring_index in range(len(rings))
-        )
+        self.lasts = tuple((f, last_fields.index(name)) for f, name in last_features)
         # what `records` does per ring, planned once: (ring, tile size, empty slot, per field (name, column
-        # of n, sum, min, max or -1), per LAST feature (its number, its field))
+        # of n, sum, min, max or -1))
         self._plan = tuple(
-            (
-                r,
-                ring.size,
-                self.empty_slots[r],
-                tuple((c.name, c.n, c.sum, c.min, c.max) for c in self.fields[r]),
-                tuple((i, f.field.name) for i, f in self.lasts_of_ring[r] if f.field is not None),
-            )
+            (r, ring.size, self.empty_slots[r], tuple((c.name, c.n, c.sum, c.min, c.max) for c in self.fields[r]))
             for r, ring in enumerate(self.rings)
         )
         self._numeric = sorted({c.name for ring_fields in self.fields for c in ring_fields})
-        self._last_names = [f.field.name for f, _ in self.lasts if f.field is not None]
-        self._value_names = sorted({*self._numeric, *self._last_names})
+        self._value_names = sorted({*self._numeric, *last_fields})
         windowed = [(f.window or 0) + (f.tile or 0) for f in family.features if f.window is not None]
         self.tile_keep = (max(windowed) + FUTURE + RETENTION_MARGIN) if windowed else 0
         lifetime = any(f.window is None for f in family.features)
         self.keep_ms = 0 if lifetime else self.tile_keep // 1_000
-        self.empty = struct.pack(
-            f"<{self.width}d", -math.inf, 0.0, *(v for ring, slot in zip(self.rings, self.empty_slots, strict=True)
-                                              for _ in range(ring.slots) for v in slot)
-        )  # fmt: skip
-        description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr([f.name for f, _ in self.lasts])
+        heads = [v for slot in self.empty_slots for v in slot]
+        slots = [v for r, slot in zip(self.rings, self.empty_slots, strict=True) for _ in range(r.slots) for v in slot]
+        self.empty = struct.pack(f"<{self.width}d", -math.inf, 0.0, *heads, *slots)
+        description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr(self.last_lists)
         self.digest = hashlib.blake2b(f"{_LAYOUT_VERSION}{description}".encode(), digest_size=4).hexdigest()
         head: list[Any] = [len(self.rings)]
         for ring in self.rings:
-            head += [ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
-        head += [len(self.lasts), *self.last_keeps, self.keep_ms, self.empty]
+            head += [ring.head, ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
+        head += [len(self.last_lists), *(last.keep for last in self.last_lists), self.keep_ms, self.empty]
         self.script_head: list[bytes] = [v if isinstance(v, bytes) else str(v).encode() for v in head]
+
+    def call_head(self, now_us: int) -> list[bytes]:
+        """The script's arguments before the keys' for a call at `now_us`: the layout's, then per LAST list its
+        settled tile, the newest one every read from now on reaches past (a margin left for readers' clocks):
+        of the entries at or before it the script keeps only the newest."""
+        settled = [0 if last.size is None else (now_us - RETENTION_MARGIN) // last.size for last in self.last_lists]
+        return [*self.script_head, *(str(tile).encode() for tile in settled)]
 
     def tag(self, key: int | str) -> str:
         return f"{{{self.family.name}:{key}}}"
@@ -198,12 +204,14 @@ class TileLayout:
         numbers = {name: np.array([0.0 if v is None else v for v in raw[name]], np.float64) for name in self._numeric}
         hit = np.zeros(len(flat), bool)
         rows: list[tuple[np.ndarray, bytes, int]] = []  # per ring: each delta's key code, the deltas, row bytes
-        lasts: list[tuple[int, int, int]] = []  # (event, feature, tile number) of each LAST delta
-        for r, size, empty, columns, last_fields in self._plan:
+        lasts: list[tuple[int, int, int]] = []  # (event, list, tile number) of each LAST delta
+        in_ring = []  # per ring, the events it folds
+        for r, size, empty, columns in self._plan:
             number = np.zeros(len(flat), np.int64) if size is None else event_us // size
             floor = oldest[r]
             ok = np.ones(len(flat), bool) if floor is None else number >= floor
             hit |= ok
+            in_ring.append(ok)
             chosen = np.flatnonzero(ok)
             if not len(chosen):
                 continue
@@ -227,14 +235,16 @@ class TileLayout:
                     if most >= 0:
                         np.maximum.at(table[:, 1 + most], inverse[has], values[has])
             rows.append((groups // span, table.astype("<f8").tobytes(), table.shape[1] * 8))
-            for i, name in last_fields:
-                lasts += self._last_deltas(i, chosen[present[name][chosen]], number, code, flat)
+        for i, last in enumerate(self.last_lists):  # an event a LAST feature's ring folds, with a value
+            ok = np.logical_or.reduce([in_ring[r] for r in last.rings]) & present[last.field]
+            number = np.zeros(len(flat), np.int64) if last.size is None else event_us // last.size
+            lasts += self._last_deltas(i, np.flatnonzero(ok), number, code, flat)
         entries: dict[int, list[bytes]] = {}
         encoded: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         key_of = code.tolist()
         for j, i, tile in lasts:
             event = flat[j]
-            name = self._last_names[i]
+            name = self.last_lists[i].field
             pair = encoded.get((j, name))
             if pair is None:
                 pair = encoded[(j, name)] = (event.message_id.encode(), _encode(event.values[name]))
@@ -258,8 +268,8 @@ class TileLayout:
         return out
 
     def _last_deltas(self, i: int, chosen: Any, number: Any, code: Any, flat: list[Any]) -> list[tuple[int, int, int]]:
-        """For LAST feature i, per key and tile among the events `chosen` (with a value), the latest event by
-        (event time, ingest time, message id): (event, feature, tile number)."""
+        """For LAST list i, per key and tile among the events `chosen` (with a value), the latest event by
+        (event time, ingest time, message id): (event, list, tile number)."""
         if not len(chosen):
             return []
         picked = chosen.tolist()
@@ -315,8 +325,11 @@ class TileLayout:
         table = np.frombuffer(data, dtype="<f8").reshape(len(states), self.width)
         values: dict[str, list[Any]] = {}
         for ring in self.rings:
-            block = table[:, ring.offset : ring.offset + ring.slots * ring.stride].reshape(len(states), ring.slots,
-                                                                                            ring.stride)  # fmt: skip
+            # the head is one more slot of the ring: the tile numbers say which slots a window reads
+            block = table[:, ring.head : ring.head + ring.stride].reshape(len(states), 1, ring.stride)
+            if ring.slots:
+                slots = table[:, ring.offset : ring.offset + ring.slots * ring.stride]
+                block = np.concatenate((block, slots.reshape(len(states), ring.slots, ring.stride)), axis=1)
             masks: dict[int, Any] = {}
             for feature in self.family.features:
                 if feature.tile != ring.size or feature.function == "last":
@@ -331,69 +344,100 @@ class TileLayout:
                 with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as IEEE (and offline) say
                     values[feature.name] = _feature_values(feature, ring, block, mask)
         if self.lasts:
-            empty = _LIST.pack(0, 0) * len(self.lasts)
+            empty = _LIST.pack(0, 0) * len(self.last_lists)
             values.update(self._last_values([b or empty for b in last_states], at_us))
         names = [f.name for f in self.family.features]
         columns = [values[n] for n in names]
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def _last_values(self, states: Sequence[bytes], at_us: int) -> dict[str, list[Any]]:
-        """Per LAST feature, the value of the newest entry whose tile is in the window at `at_us`."""
-        bounds: list[tuple[float, float, Any]] = []
-        for feature, r in self.lasts:
-            ring = self.rings[r]
+        """Per LAST feature, the value of the newest entry of its field's list whose tile is in the window at
+        `at_us`. A list's tiles are its finest feature's; a window of coarser tiles is a range of them."""
+        # per list, its features: (their column, the window's bounds in the list's tile numbers, exclusive
+        # and inclusive, and the decoder)
+        plans: list[list[tuple[int, float, float, Any]]] = [[] for _ in self.last_lists]
+        for k, (feature, i) in enumerate(self.lasts):
+            last = self.last_lists[i]
             assert feature.field is not None
-            if ring.size is None or feature.window is None:
-                bounds.append((-math.inf, math.inf, decoder(feature.field.kind)))
+            decode = decoder(feature.field.kind)
+            if last.size is None or feature.window is None or feature.tile is None:
+                plans[i].append((k, -math.inf, math.inf, decode))
             else:
-                high = ring.number(at_us)
-                bounds.append((high - feature.window // ring.size, high, decoder(feature.field.kind)))
+                ratio, high = feature.tile // last.size, at_us // feature.tile
+                low = high - feature.window // feature.tile
+                plans[i].append((k, (low + 1) * ratio - 1, (high + 1) * ratio - 1, decode))
         found: list[list[Any]] = [[] for _ in self.lasts]
         head, entry, delta = _LIST.size, _ENTRY.size, _DELTA.size
         list_at, entry_at, delta_at = _LIST.unpack_from, _ENTRY.unpack_from, _DELTA.unpack_from
         for state in states:
             # per feature the list's choice: (tile, event time, ingest time, where its id starts, id size,
             # value size), or None
-            pos, best = 0, []
-            for oldest, newest, _ in bounds:
+            pos = 0
+            best: list[tuple[Any, Any, Any, int, int, int] | None] = [None] * len(self.lasts)
+            for plan in plans:
                 length, _ = list_at(state, pos)
-                pos, stop, chosen = pos + head, pos + head + length, None
-                while pos < stop:
-                    number, event_us, ingest_us, id_size, value_size = entry_at(state, pos)
-                    if number <= newest:
-                        if number > oldest:
-                            chosen = (number, event_us, ingest_us, pos + entry, id_size, value_size)
-                        break
-                    pos += entry + id_size + value_size
-                best.append(chosen)
+                start, stop = pos + head, pos + head + length
+                for k, oldest, newest, _ in plan:
+                    pos = start
+                    while pos < stop:
+                        number, event_us, ingest_us, id_size, value_size = entry_at(state, pos)
+                        if number <= newest:
+                            if number > oldest:
+                                best[k] = (number, event_us, ingest_us, pos + entry, id_size, value_size)
+                            break
+                        pos += entry + id_size + value_size
                 pos = stop
             end = len(state)
-            while pos < end:  # the tail: entries not yet in the lists, each against the list's choice
+            while pos < end:  # the tail: entries not yet in the lists, each against the lists' choices
                 j, number, event_us, ingest_us, id_size, value_size = delta_at(state, pos)
                 start, pos = pos + delta, pos + delta + id_size + value_size
-                oldest, newest, _ = bounds[j - 1]
-                if oldest < number <= newest:
-                    held = best[j - 1]
-                    if (
-                        held is None
-                        or (number, event_us, ingest_us) > held[:3]
-                        or (
-                            (number, event_us, ingest_us) == held[:3]
-                            and state[start : start + id_size] > state[held[3] : held[3] + held[4]]
-                        )
-                    ):
-                        best[j - 1] = (number, event_us, ingest_us, start, id_size, value_size)
-            for column, chosen, (_, _, decode) in zip(found, best, bounds, strict=True):
-                if chosen is None:
-                    column.append(None)
-                else:
-                    value_at = chosen[3] + chosen[4]
-                    column.append(decode(state[value_at : value_at + chosen[5]]))
-        out = found
-        return {feature.name: column for (feature, _), column in zip(self.lasts, out, strict=True)}
+                for k, oldest, newest, _ in plans[j - 1]:
+                    if oldest < number <= newest:
+                        held = best[k]
+                        if (
+                            held is None
+                            or (number, event_us, ingest_us) > held[:3]
+                            or (
+                                (number, event_us, ingest_us) == held[:3]
+                                and state[start : start + id_size] > state[held[3] : held[3] + held[4]]
+                            )
+                        ):
+                            best[k] = (number, event_us, ingest_us, start, id_size, value_size)
+            for plan in plans:
+                for k, _, _, decode in plan:
+                    chosen = best[k]
+                    if chosen is None:
+                        found[k].append(None)
+                    else:
+                        value_at = chosen[3] + chosen[4]
+                        found[k].append(decode(state[value_at : value_at + chosen[5]]))
+        return {feature.name: column for (feature, _), column in zip(self.lasts, found, strict=True)}
 
 
-def _ring(size: int | None, features: list[AggregationSpec], offset: int) -> Ring:
+@dataclass(frozen=True)
+class LastList:
+    """The LAST state's list for one field, shared by the field's LAST features: per tile of `size` (the
+    finest of its windowed features' tiles, which the coarser ones are multiples of; None: lifetime only)
+    the latest entry, the `keep` newest tiles. The newest entry before a window's end is the newest one of
+    a tile that ends by it, so each feature reads its window off the one list."""
+
+    field: str
+    size: int | None
+    keep: int
+    rings: tuple[int, ...]  # the rings of its features: an event one of them folds is a candidate
+
+
+def _last_list(name: str, features: list[AggregationSpec], rings: Sequence[Ring]) -> LastList:
+    sizes = sorted({f.tile for f in features if f.tile is not None})
+    size = sizes[0] if sizes else None
+    assert all(s % sizes[0] == 0 for s in sizes), "tile sizes are multiples of each other"
+    keep = 1 if size is None else -(-FUTURE // size) + 2
+    used = tuple(sorted({r for r, ring in enumerate(rings) for f in features if ring.size == f.tile}))
+    return LastList(name, size, keep, used)
+
+
+def _ring(size: int | None, features: list[AggregationSpec]) -> Ring:
+    """The ring's shape; where its head and slots sit is the layout's to say."""
     fields = sorted({f.field.name for f in features if f.field is not None and f.function != "last"})
     columns: list[tuple[str, str | None]] = [("index", None), ("count", None)]
     for name in fields:
@@ -403,11 +447,11 @@ def _ring(size: int | None, features: list[AggregationSpec], offset: int) -> Rin
             columns.append(("sum", name))
         columns += [(kind, name) for kind in ("min", "max") if kind in functions]
     if size is None:
-        slots = 1
+        slots = 0
     else:
         widest = max((f.window or 0) for f in features)
         slots = widest // size + -(-FUTURE // size) + 1
-    return Ring(size, slots, offset, tuple(columns))
+    return Ring(size, slots, 0, 0, tuple(columns))
 
 
 def _field_columns(ring: Ring) -> list[FieldColumns]:

@@ -95,7 +95,7 @@ class TileStore:
         applied, pending = 0, by_key
         while pending:
             records = layout.records(pending, oldest, now)
-            duplicates = self._run(layout, records)
+            duplicates = self._run(records, layout.call_head(now))
             applied += sum(len(r.events) for r in records if r.key not in duplicates)
             pending = {}
             for record in records:
@@ -106,15 +106,14 @@ class TileStore:
                         pending[record.key] = rest
         return applied, refused
 
-    def _run(self, layout: TileLayout, records: list[KeyRecord]) -> dict[int | str, set[str]]:
-        """Run the script over `records`; the duplicate ids found, by key."""
-        head = layout.script_head
+    def _run(self, records: list[KeyRecord], head: list[bytes]) -> dict[int | str, set[str]]:
+        """Run the script over `records` (`head`: its arguments before theirs); the duplicate ids found, by key."""
         if self._cluster:  # redis-py refuses scripts in a cluster pipeline: one call per key, routed by it
             calls = [[r] for r in records]
             replies = [self._script(keys=r.keys, args=[*head, *r.args]) for r in records]
         else:
             calls = [records[i : i + KEYS_PER_SCRIPT] for i in range(0, len(records), KEYS_PER_SCRIPT)]
-            replies = self._evalsha(layout, calls)
+            replies = self._evalsha(head, calls)
         duplicates: dict[int | str, set[str]] = {}
         for chunk, reply in zip(calls, replies, strict=True):
             at = 0
@@ -125,17 +124,17 @@ class TileStore:
                 at += 2 + count
         return duplicates
 
-    def _evalsha(self, layout: TileLayout, calls: list[list[KeyRecord]]) -> list[Any]:
+    def _evalsha(self, script_head: list[bytes], calls: list[list[KeyRecord]]) -> list[Any]:
         """One EVALSHA per chunk of records, packed in RESP here and sent in one write (redis-py's packing of
         the scripts' arguments cost more than the scripts); a Redis that lost the script (restarted) is given
         it again and the calls redone (a call refused with NOSCRIPT did nothing)."""
-        head = _bulks(layout.script_head)
+        head = _bulks(script_head)
         bodies = []
         for chunk in calls:
             keys = [k for r in chunk for k in r.keys]
             args = [a for r in chunk for a in r.args]
             count = str(len(keys)).encode()
-            size = 3 + len(keys) + len(layout.script_head) + len(args)
+            size = 3 + len(keys) + len(script_head) + len(args)
             bodies.append((size, b"$%d\r\n%b\r\n" % (len(count), count) + _bulks(keys) + head + _bulks(args)))
         for _ in range(3):
             sha = self._sha or self._load()

@@ -171,6 +171,34 @@ def test_tiles_at_the_window_edges() -> None:
         assert tiles.read(family, [7], t + five)[0][hour.name] == 3  # the edge event left, the next tile came in
 
 
+def test_last_features_of_one_field_share_a_list_and_keep_their_own_windows() -> None:
+    """`last_status_1h` (5-minute tiles), `last_status_7d` (hourly) and `last_status` (lifetime) read one list
+    of 5-minute tiles: an event ahead of its time, in the read's hour but after the read's 5-minute tile,
+    counts for the 7-day window and lifetime, not for the hour's; an event 3 hours old, for neither hour."""
+    family = wide_family()
+    layout = TileLayout(family)
+    assert [(last.field, last.size) for last in layout.last_lists] == [("status", 5 * MINUTE), ("amount", DAY)]
+    now = time.time_ns() // 1_000
+    t = now - now % HOUR + 10 * MINUTE
+    rows = [
+        {"event_us": t - 3 * HOUR, "ingest_us": t - 3 * HOUR, "status": "old"},
+        {"event_us": t - 10 * MINUTE, "ingest_us": t - 10 * MINUTE, "status": "recent"},
+        {"event_us": t + 20 * MINUTE, "ingest_us": t, "status": "ahead"},
+    ]
+    events = [
+        {"user_id": 7, "message_id": f"m{i}", "backfilled": False, "amount": 1.0, **row} for i, row in enumerate(rows)
+    ]
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        assert tiles.apply(family, tile_events(events), now_us=t) == (3, 0)
+        row = tiles.read(family, [7], t)[0]
+        assert (row["last_status_1h"], row["last_status_7d"], row["last_status"]) == ("recent", "ahead", "ahead")
+        assert_definition(family, [row], events, [7], t)
+        later = tiles.read(family, [7], t + 3 * HOUR)[0]  # the hour's window has moved past all three
+        assert (later["last_status_1h"], later["last_status_7d"]) == (None, "ahead")
+        assert_definition(family, [later], events, [7], t + 3 * HOUR)
+
+
 def test_old_tiles_expire_and_lifetime_states_do_not() -> None:
     family = Registry.default().family("user_orders")
     windowed = dataclasses.replace(family, features=tuple(f for f in family.features if f.window is not None))
