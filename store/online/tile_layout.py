@@ -240,15 +240,10 @@ class TileLayout:
             number = np.zeros(len(flat), np.int64) if last.size is None else event_us // last.size
             lasts += self._last_deltas(i, np.flatnonzero(ok), number, code, flat)
         entries: dict[int, list[bytes]] = {}
-        encoded: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         key_of = code.tolist()
-        for j, i, tile in lasts:
+        for j, i, tile in lasts:  # an event is at most one delta of a list: its field's value, encoded once
             event = flat[j]
-            name = self.last_lists[i].field
-            pair = encoded.get((j, name))
-            if pair is None:
-                pair = encoded[(j, name)] = (event.message_id.encode(), _encode(event.values[name]))
-            mid, value = pair
+            mid, value = event.message_id.encode(), _encode(event.values[self.last_lists[i].field])
             head = _DELTA.pack(i + 1, tile, event.event_us, event.ingest_us, len(mid), len(value))
             found = entries.get(key_of[j])
             if found is None:
