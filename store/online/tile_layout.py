@@ -380,51 +380,51 @@ class TileLayout:
                 ratio, high = feature.tile // last.size, at_us // feature.tile
                 low = high - feature.window // feature.tile
                 plans[i].append((k, (low + 1) * ratio - 1, (high + 1) * ratio - 1, decode))
+        for plan in plans:  # the widest window's end first: a walk of the list, newest first, meets it first
+            plan.sort(key=lambda item: -item[2])
         found: list[list[Any]] = [[] for _ in self.lasts]
         head, entry, delta = _LIST.size, _ENTRY.size, _DELTA.size
         list_at, entry_at, delta_at = _LIST.unpack_from, _ENTRY.unpack_from, _DELTA.unpack_from
         for state in states:
-            # per feature the list's choice: (tile, event time, ingest time, where its id starts, id size,
-            # value size), or None
+            # per feature its choice: ((tile, event time, ingest time), where its id starts, id size, value
+            # size), or None
             pos = 0
-            best: list[tuple[Any, Any, Any, int, int, int] | None] = [None] * len(self.lasts)
+            best: list[tuple[tuple[Any, Any, Any], int, int, int] | None] = [None] * len(self.lasts)
             for plan in plans:
                 length, _ = list_at(state, pos)
-                start, stop = pos + head, pos + head + length
-                for k, oldest, newest, _ in plan:
-                    pos = start
-                    while pos < stop:
-                        number, event_us, ingest_us, id_size, value_size = entry_at(state, pos)
-                        if number <= newest:
-                            if number > oldest:
-                                best[k] = (number, event_us, ingest_us, pos + entry, id_size, value_size)
-                            break
-                        pos += entry + id_size + value_size
-                pos = stop
+                at, stop = pos + head, pos + head + length
+                pos, f = stop, 0
+                while at < stop and f < len(plan):  # a feature's choice: the first entry by its window's end
+                    number, event_us, ingest_us, id_size, value_size = entry_at(state, at)
+                    while f < len(plan) and number <= plan[f][2]:
+                        if number > plan[f][1]:
+                            best[plan[f][0]] = ((number, event_us, ingest_us), at + entry, id_size, value_size)
+                        f += 1
+                    at += entry + id_size + value_size
             end = len(state)
             while pos < end:  # the tail: entries not yet in the lists, each against the lists' choices
                 j, number, event_us, ingest_us, id_size, value_size = delta_at(state, pos)
                 start, pos = pos + delta, pos + delta + id_size + value_size
+                order = (number, event_us, ingest_us)
                 for k, oldest, newest, _ in plans[j - 1]:
                     if oldest < number <= newest:
                         held = best[k]
                         if (
                             held is None
-                            or (number, event_us, ingest_us) > held[:3]
+                            or order > held[0]
                             or (
-                                (number, event_us, ingest_us) == held[:3]
-                                and state[start : start + id_size] > state[held[3] : held[3] + held[4]]
+                                order == held[0] and state[start : start + id_size] > state[held[1] : held[1] + held[2]]
                             )
                         ):
-                            best[k] = (number, event_us, ingest_us, start, id_size, value_size)
+                            best[k] = (order, start, id_size, value_size)
             for plan in plans:
                 for k, _, _, decode in plan:
                     chosen = best[k]
                     if chosen is None:
                         found[k].append(None)
                     else:
-                        value_at = chosen[3] + chosen[4]
-                        found[k].append(decode(state[value_at : value_at + chosen[5]]))
+                        value_at = chosen[1] + chosen[2]
+                        found[k].append(decode(state[value_at : value_at + chosen[3]]))
         return {feature.name: column for (feature, _), column in zip(self.lasts, found, strict=True)}
 
 
