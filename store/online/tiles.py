@@ -79,6 +79,10 @@ class TileStore:
         lateness, or further ahead of their ingest time than ingest allows). A message id already applied
         changes nothing, so a redelivered batch is harmless. `now_us`: the clock that decides which tiles a
         window still reads (tests move it)."""
+        with cycle_collector_paused(len(events)):  # a batch's records are freed when it is done
+            return self._apply(family, events, now_us)
+
+    def _apply(self, family: FamilySpec, events: Sequence[TileEvent], now_us: int | None) -> tuple[int, int]:
         layout = self.layout(family)
         now = time.time_ns() // 1_000 if now_us is None else now_us
         lateness, refused = family.allowed_lateness, 0
