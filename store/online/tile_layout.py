@@ -59,7 +59,10 @@ _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
 _DELTA = struct.Struct("<BdddII")  # a LAST delta (and a tail entry): feature number, entry head
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
-_KEPT_BUFFER = 1 << 23  # a thread keeps its merge buffer up to 8 MB (~850 keys of 15 features)
+# Each thread keeps one merge buffer (for every family) up to 2 MB, ~220 keys of `bench_orders`: a larger read
+# allocates its own, so a thread pool of readers holds at most 2 MB a thread.
+_KEPT_BUFFER = 1 << 21
+_buffers = threading.local()
 SENTINEL = b"0"  # in every id set: the script creating a set sees it added (no id maps to it: `_member`)
 
 
@@ -147,7 +150,6 @@ class TileLayout:
         self._merge_plan = tuple(
             (ring, [f for f in family.features if f.tile == ring.size and f.function != "last"]) for ring in self.rings
         )
-        self._buffers = threading.local()
         self._numeric = sorted({c.name for ring_fields in self.fields for c in ring_fields})
         self._value_names = sorted({*self._numeric, *last_fields})
         windowed = [(f.window or 0) + (f.tile or 0) for f in family.features if f.window is not None]
@@ -352,13 +354,13 @@ class TileLayout:
 
     def _table(self, states: Sequence[bytes | None]) -> Any:
         """The states as one (keys, width) array of doubles, in this thread's buffer (a fresh megabyte per
-        read costs page faults: ~400 per 100-key read, measured), valid until its next read."""
+        read cost ~420 page faults per 100-key read, measured), valid until the thread's next merge."""
         size = self.width * 8
-        buffer: bytearray | None = getattr(self._buffers, "buffer", None)
+        buffer: bytearray | None = getattr(_buffers, "buffer", None)
         if buffer is None or len(buffer) < len(states) * size:
             buffer = bytearray(len(states) * size)
             if len(buffer) <= _KEPT_BUFFER:
-                self._buffers.buffer = buffer
+                _buffers.buffer = buffer
         view = memoryview(buffer)
         for i, state in enumerate(states):
             view[i * size : (i + 1) * size] = state if state is not None and len(state) == size else self.empty

@@ -405,3 +405,28 @@ def test_a_redis_down_or_stalled_is_a_store_error_and_a_retried_apply_folds_each
         online.close()
     finally:
         server.stop()
+
+
+def test_reads_in_many_threads_at_once_read_what_one_thread_reads() -> None:
+    """The merge reuses a buffer per thread: reads of different keys and sizes in eight threads at once
+    (a read API's thread pool) give each thread the values a lone read gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    family = wide_family()
+    now = time.time_ns() // 1_000
+    rng = random.Random(9)
+    events = [
+        {**e, "user_id": rng.randint(1, 400)}
+        for e in random_events(rng, 8_000, origin=now - 10 * DAY)
+        if e["ingest_us"] <= now
+    ]
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        tiles.apply(family, tile_events(events), now_us=now)
+        keys = [*sorted({e["user_id"] for e in events}), 10**9]  # and a key with no events
+        # from 1 key to all: a thread's kept buffer grows, and reads past its 2 MB bring their own
+        asks = [rng.sample(keys, rng.choice([1, 3, 50, 100, len(keys)])) for _ in range(200)]
+        alone = [tiles.read(family, ask, now) for ask in asks]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda ask: tiles.read(family, ask, now), asks))
+        assert together == alone
