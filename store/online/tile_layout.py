@@ -57,6 +57,7 @@ _LAYOUT_VERSION = "5"
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
 _DELTA = struct.Struct("<BdddII")  # a LAST delta (and a tail entry): feature number, entry head
+_ONE_BUCKET = struct.Struct("<4d")  # a key's counts with one id: newest event time, 1 bucket, its expiry, 1 id
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
 # Each thread keeps one merge buffer (for every family) up to 2 MB, ~220 keys of `bench_orders`: a larger read
@@ -161,6 +162,7 @@ class TileLayout:
         self.empty = struct.pack(f"<{self.width}d", -math.inf, 0.0, *heads, *slots)
         description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr(self.last_lists)
         self.digest = hashlib.blake2b(f"{_LAYOUT_VERSION}{description}".encode(), digest_size=4).hexdigest()
+        self._name_parts = (family.name, self.digest)
         head: list[Any] = [len(self.rings)]
         for ring in self.rings:
             head += [ring.head, ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
@@ -294,37 +296,44 @@ class TileLayout:
 
     def _key_record(self, key: Any, folded: list[Any], now_us: int, deltas: bytes, last_deltas: bytes) -> KeyRecord:
         members = [_member(e.message_id) for e in folded]
-        buckets: dict[int, list[bytes]] = {}
-        if len(folded) == 1:  # most keys of a streamed batch
+        record = KeyRecord(key, folded, members)
+        # the names `blob_key`, `last_key` and `bucket_key` give, built from their parts: this runs per key
+        family, digest = self._name_parts
+        tag = f"{{{family}:{key}}}:{digest}"
+        record.keys = keys = [f"fsa:{tag}".encode()]
+        if self.lasts:
+            keys.append(f"fsl:{tag}".encode())
+        horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
+        if len(folded) == 1:  # most keys of a streamed batch: one id in one bucket
             newest = folded[0].event_us
-            buckets[newest // ID_BUCKET] = [members[0].encode()]
+            bucket = newest // ID_BUCKET
+            keys.append(f"fsi:{tag}:{bucket}".encode())
+            counts = _ONE_BUCKET.pack(newest, 1.0, self._bucket_expiry(bucket, horizon_ms), 1.0)
+            record.args = [counts, members[0].encode(), deltas]
         else:
-            newest = max(e.event_us for e in folded)
+            buckets: dict[int, list[bytes]] = {}
             for event, member in zip(folded, members, strict=True):
                 found = buckets.get(event.event_us // ID_BUCKET)
                 if found is None:
                     buckets[event.event_us // ID_BUCKET] = [member.encode()]
                 else:
                     found.append(member.encode())
-        record = KeyRecord(key, folded, members)
-        tag = f"{{{self.family.name}:{key}}}:{self.digest}"
-        record.keys = keys = [f"fsa:{tag}".encode()]
-        if self.lasts:
-            keys.append(f"fsl:{tag}".encode())
-        counts: list[float] = [newest, len(buckets)]
-        ids: list[bytes] = []
-        horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
-        for bucket, members_in in buckets.items():
-            keys.append(f"fsi:{tag}:{bucket}".encode())
-            # a set's expiry is its bucket's, unless the redelivery horizon reaches further: then it moves on
-            # with every fold. Negative: the bucket's, given only to a set the script creates (it cannot change)
-            fixed_ms = ((bucket + 1) * ID_BUCKET + self.tile_keep) // 1_000
-            counts += [horizon_ms if horizon_ms > fixed_ms else -fixed_ms, len(members_in)]
-            ids += members_in
-        record.args = [struct.pack(f"<{len(counts)}d", *counts), *ids, deltas]
+            values: list[float] = [max(e.event_us for e in folded), len(buckets)]
+            ids: list[bytes] = []
+            for bucket, members_in in buckets.items():
+                keys.append(f"fsi:{tag}:{bucket}".encode())
+                values += [self._bucket_expiry(bucket, horizon_ms), len(members_in)]
+                ids += members_in
+            record.args = [struct.pack(f"<{len(values)}d", *values), *ids, deltas]
         if self.lasts:
             record.args.append(last_deltas)
         return record
+
+    def _bucket_expiry(self, bucket: int, horizon_ms: int) -> int:
+        """A set's expiry is its bucket's, unless the redelivery horizon reaches further: then it moves on with
+        every fold. Negative: the bucket's, given only to a set the script creates (it cannot change)."""
+        fixed_ms = ((bucket + 1) * ID_BUCKET + self.tile_keep) // 1_000
+        return horizon_ms if horizon_ms > fixed_ms else -fixed_ms
 
     def merge(self, states: Sequence[bytes | None], last_states: Sequence[bytes | None], at_us: int
               ) -> list[dict[str, Any]]:  # fmt: skip
