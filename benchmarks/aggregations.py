@@ -259,9 +259,9 @@ def order_payloads(order: Any, events: int, keys: int) -> list[bytes]:
 
 
 def ingest(args: argparse.Namespace) -> None:
-    """The tile step (tile_events + TileStore.apply) per event beside the entity's own path (decode + validate,
-    offline batch, offline write, online write: what `streaming.py cpu` measures), batch by batch in one run,
-    on tiles that already hold `--history` orders per key."""
+    """The tile step (TileStore.apply_table, as the job calls it) per event beside the entity's own path
+    (decode + validate, offline batch, offline write, online write: what `streaming.py cpu` measures), batch
+    by batch in one run, on tiles that already hold `--history` orders per key."""
     import redis
 
     from fstore.ingest.events import Event, decode_event
@@ -269,7 +269,7 @@ def ingest(args: argparse.Namespace) -> None:
     from fstore.store.offline.duckdb import DuckDBOfflineStore
     from fstore.store.offline.schema import messages_to_table
     from fstore.store.online.redis import RedisOnlineStore
-    from fstore.store.online.tiles import TileStore, tile_events
+    from fstore.store.online.tiles import TileStore
     from fstore.testing import RedisServer
 
     registry, family = bench_registry(args.family)
@@ -285,7 +285,7 @@ def ingest(args: argparse.Namespace) -> None:
         online = RedisOnlineStore(server.url)
         offline = DuckDBOfflineStore.from_url(f"duckdb:///{tmp}/offline", registry)
         valid = applied = 0
-        script_calls, script_us = Counter[str](), Counter[str]()  # commands during TileStore.apply
+        script_calls, script_us = Counter[str](), Counter[str]()  # commands during TileStore.apply_table
         publish = datetime.now(UTC)
         for start in range(0, len(payloads), args.batch):
             batch = payloads[start : start + args.batch]
@@ -306,13 +306,11 @@ def ingest(args: argparse.Namespace) -> None:
             with parts.timing("online write"):
                 online.write(order, messages, [e.publish_micros for e in decoded])
             middle = redis_stats(client)
-            with parts.timing("tile_events"):
-                events = tile_events(family, decoded)
-            with parts.timing("TileStore.apply"):
-                applied += tiles.apply(family, events)[0]
+            with parts.timing("TileStore.apply_table"):  # the job's tile step, from the batch stored offline
+                applied += tiles.apply_table(family, table)[0]
             after = redis_stats(client)
             parts.redis["online write"] += middle[0] - before[0]
-            parts.redis["TileStore.apply"] += after[0] - middle[0]
+            parts.redis["TileStore.apply_table"] += after[0] - middle[0]
             script_calls.update(after[1] - middle[1])
             script_us.update(after[2] - middle[2])
         stored = offline.history(order).num_rows

@@ -76,7 +76,7 @@ class FamilyRebuild(NamedTuple):
 def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None = None) -> FamilyRebuild:
     """Fold the family's history into its tiles, then delete the keys its earlier layouts left behind.
     `now_us`: the clock that decides how far back windows reach (tests move it)."""
-    from fstore.store.online.tiles import TileStore, tile_events_from_table
+    from fstore.store.online.tiles import TileStore
 
     now = time.time_ns() // 1_000 if now_us is None else now_us
     windows = [f.window for f in family.features]
@@ -88,8 +88,8 @@ def materialize_family(fs: FeatureStore, family: FamilySpec, now_us: int | None 
     tiles = TileStore.beside(fs.online)
     try:
         for batch in fs.offline.history_batches(family.source, start):
-            events = tile_events_from_table(family, pa.Table.from_batches([batch]))
-            done = until_stored(functools.partial(tiles.apply, family, events, now), f"tiles of {family.name}")
+            table = pa.Table.from_batches([batch])
+            done = until_stored(functools.partial(tiles.apply_table, family, table, now), f"tiles of {family.name}")
             rows, applied, refused = rows + batch.num_rows, applied + done[0], refused + done[1]
         dropped = tiles.drop_other_layouts(family)
     finally:

@@ -35,7 +35,6 @@ from fstore.schema.registry import EntitySpec
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID, TIMESTAMP, arrow_schema
 from fstore.settings import Settings
 from fstore.store.events import MAX_FUTURE_SECONDS, DeadLetter
-from fstore.store.online.tiles import tile_events_from_table
 
 BATCH_ROWS = 500_000
 
@@ -194,7 +193,7 @@ class _WriteEventBatchFn(IngestDoFn):
         self.writer.store_online(spec, messages, publish)
         self.writer.online_stale.inc(batch.table.num_rows - len(messages))  # older rows of the batch: never sent
         for family in self.res.registry.families_of(spec):  # every row counts there, not only the latest
-            self.writer.apply_tiles(family, tile_events_from_table(family, batch.table))
+            self.writer.store_tiles(family, batch.table)
         return iter(())
 
 

@@ -1,10 +1,11 @@
 """Aggregation families online: partial aggregates per key and tile in Redis (docs/aggregations.md).
 
-`TileStore.apply` folds a batch of accepted events: grouped by key and pre-aggregated per tile in Python,
-then one Lua script (`apply_tiles.lua`) per few hundred keys, pipelined, which skips a key's batch holding a
-message id already applied (the caller folds that key again without it) and merges the rest into the key's
-state. `TileStore.read` is one MGET of the keys' states, merged in numpy for the time of the read.
-`store/online/tile_layout.py` has the layout.
+`TileStore.apply` folds a batch of accepted events (`apply_table`: the rows of an offline-shaped Arrow
+table, which is how the streaming job, the backfills and `materialize` call it): grouped by key and
+pre-aggregated per tile in Python, then one Lua script (`apply_tiles.lua`) per few hundred keys, pipelined,
+which skips a key's batch holding a message id already applied (the caller folds that key again without it)
+and merges the rest into the key's state. `TileStore.read` is one MGET of the keys' states, merged in numpy
+for the time of the read. `store/online/tile_layout.py` has the layout.
 
 Known gaps: counts, sums, min and max are doubles in Redis (exact to 2^53); a read is the definition's value
 at the time of the read only (tiles keep no ingest times, so a read "as of" an earlier time cannot leave out
@@ -81,6 +82,12 @@ class TileStore:
         window still reads (tests move it)."""
         with cycle_collector_paused(len(events)):  # a batch's records are freed when it is done
             return self._apply(family, events, now_us)
+
+    def apply_table(self, family: FamilySpec, table: Any, now_us: int | None = None) -> tuple[int, int]:
+        """`apply` for the rows of an offline-shaped Arrow table of the family's source: the streaming job's
+        batch as it is stored offline, a backfill's parquet batch, a history replayed by `materialize`."""
+        with cycle_collector_paused(table.num_rows):  # the rows' events are freed with the batch, too
+            return self._apply(family, tile_events_from_table(family, table), now_us)
 
     def _apply(self, family: FamilySpec, events: Sequence[TileEvent], now_us: int | None) -> tuple[int, int]:
         layout = self.layout(family)
@@ -195,36 +202,6 @@ class TileStore:
             raise unavailable(self.url, exc) from exc
         with cycle_collector_paused(len(keys)):  # the merge allocates a few objects per key, none in cycles
             return layout.merge(states[: len(keys)], states[len(keys) :], at_us)
-
-
-def tile_events(family: FamilySpec, events: Sequence[Any]) -> list[TileEvent]:
-    """The ingest job's decoded events (fstore.ingest.events.Event) of the family's source, for `apply`."""
-    if not events:
-        return []
-    fields = events[0].message.DESCRIPTOR.fields_by_name
-    names = sorted({f.field.name for f in family.features if f.field is not None})
-    optional = [n for n in names if fields[n].has_presence]
-    plain = [n for n in names if not fields[n].has_presence]
-    time_name, key_name = family.source.event_time.name, family.group_by.name
-    out = []
-    for e in events:
-        m = e.message
-        stamp = getattr(m, time_name)
-        values = {n: getattr(m, n) for n in plain}
-        for n in optional:
-            values[n] = getattr(m, n) if m.HasField(n) else None
-        message_id = e.message_id
-        out.append(
-            TileEvent(
-                getattr(m, key_name),
-                stamp.seconds * 1_000_000 + stamp.nanos // 1_000,
-                e.ingest_micros,
-                message_id,
-                message_id.startswith("backfill:"),
-                values,
-            )
-        )
-    return out
 
 
 def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
