@@ -147,9 +147,15 @@ class TileLayout:
             (r, ring.size, self.empty_slots[r], tuple((c.name, c.n, c.sum, c.min, c.max) for c in self.fields[r]))
             for r, ring in enumerate(self.rings)
         )
-        # per ring, the features `merge` computes from it (LAST features read their lists instead)
+        # per ring, the columns a window sums and how `merge` reads each feature off the ring (LAST features
+        # read their lists instead), planned once: a 1-key read is mostly this fixed work
         self._merge_plan = tuple(
-            (ring, [f for f in family.features if f.tile == ring.size and f.function != "last"]) for ring in self.rings
+            (
+                ring,
+                ring.additive,
+                [_read_plan(f, ring) for f in family.features if f.tile == ring.size and f.function != "last"],
+            )
+            for ring in self.rings
         )
         self._numeric = sorted({c.name for ring_fields in self.fields for c in ring_fields})
         self._value_names = sorted({*self._numeric, *last_fields})
@@ -340,20 +346,19 @@ class TileLayout:
         """Every feature of the family for each key's state and LAST state (None: none) at time `at_us`."""
         table = self._table(states)
         values: dict[str, list[Any]] = {}
-        for ring, features in self._merge_plan:
-            # the head is one more slot of the ring: the tile numbers say which slots a window reads
-            heads = table[:, ring.head : ring.head + ring.stride]
-            block = table[:, ring.offset : ring.offset + ring.slots * ring.stride]
-            slots = block.reshape(len(states), ring.slots, ring.stride)
-            now, additive = ring.number(at_us), ring.additive
-            totals: dict[int | None, tuple[Any, Any, Any]] = {}
-            # inf + -inf is NaN, as IEEE (and offline) say; a sum beyond the doubles' range is an infinity
-            with np.errstate(invalid="ignore", over="ignore"):
-                for feature in features:
-                    tiles = None if ring.size is None or feature.window is None else feature.window // ring.size
-                    if tiles not in totals:
-                        totals[tiles] = _window(heads, slots, now, tiles, additive)
-                    values[feature.name] = _feature_values(feature, ring, heads, slots, *totals[tiles])
+        # inf + -inf is NaN, as IEEE (and offline) say; a sum beyond the doubles' range is an infinity
+        with np.errstate(invalid="ignore", over="ignore"):
+            for ring, additive, reads in self._merge_plan:
+                # the head is one more slot of the ring: the tile numbers say which slots a window reads
+                heads = table[:, ring.head : ring.head + ring.stride]
+                block = table[:, ring.offset : ring.offset + ring.slots * ring.stride]
+                slots = block.reshape(len(states), ring.slots, ring.stride)
+                now = ring.number(at_us)
+                totals: dict[int | None, tuple[Any, Any, Any]] = {}
+                for read in reads:
+                    if read.tiles not in totals:
+                        totals[read.tiles] = _window(heads, slots, now, read.tiles, additive)
+                    values[read.name] = _feature_values(read, heads, slots, *totals[read.tiles])
         if self.lasts:
             empty = _LIST.pack(0, 0) * len(self.last_lists)
             values.update(self._last_values([b or empty for b in last_states], at_us))
@@ -509,26 +514,47 @@ def _window(heads: Any, slots: Any, now: int, tiles: int | None, additive: Any) 
     return sums + np.where(head_mask[:, None], heads, 0.0), head_mask, slot_mask
 
 
-def _feature_values(feature: AggregationSpec, ring: Ring, heads: Any, slots: Any, sums: Any, head_mask: Any,
-                    slot_mask: Any) -> list[Any]:  # fmt: skip
+@dataclass(frozen=True)
+class _ReadPlan:
+    """How `merge` reads one feature off its ring: its window in the ring's tiles (None: all of them), the
+    column of its count of values (-1: a COUNT) and the column it sums or compares."""
+
+    name: str
+    function: str
+    tiles: int | None
+    n: int
+    column: int
+    floating: bool
+
+
+def _read_plan(feature: AggregationSpec, ring: Ring) -> _ReadPlan:
+    tiles = None if ring.size is None or feature.window is None else feature.window // ring.size
     if feature.function == "count":
-        return [int(v) for v in sums[:, 1].tolist()]
+        return _ReadPlan(feature.name, "count", tiles, -1, ring.column("count", None), False)
     assert feature.field is not None
-    name, floating = feature.field.name, feature.field.kind in ("float", "double")
-    present = sums[:, ring.column("n", name)].tolist()
-    if feature.function == "sum":
-        totals = sums[:, ring.column("sum", name)].tolist()
-        return totals if floating else [int(v) for v in totals]
-    if feature.function == "mean":
-        totals = sums[:, ring.column("sum", name)].tolist()
+    name = feature.field.name
+    kind = "sum" if feature.function in ("sum", "mean") else feature.function
+    floating = feature.field.kind in ("float", "double")
+    return _ReadPlan(feature.name, feature.function, tiles, ring.column("n", name), ring.column(kind, name), floating)
+
+
+def _feature_values(read: _ReadPlan, heads: Any, slots: Any, sums: Any, head_mask: Any, slot_mask: Any) -> list[Any]:
+    function, column = read.function, read.column
+    if function == "count":
+        return [int(v) for v in sums[:, column].tolist()]
+    present = sums[:, read.n].tolist()
+    if function == "sum":
+        totals = sums[:, column].tolist()
+        return totals if read.floating else [int(v) for v in totals]
+    if function == "mean":
+        totals = sums[:, column].tolist()
         return [s / n if n else None for s, n in zip(totals, present, strict=True)]
     # NaN once a slot holds one (numpy's minimum and maximum keep it), as offline; a zero is +0.0, as offline
-    column = ring.column(feature.function, name)
-    pick, fill = (np.minimum, math.inf) if feature.function == "min" else (np.maximum, -math.inf)
+    pick, fill = (np.minimum, math.inf) if function == "min" else (np.maximum, -math.inf)
     data = slots[:, :, column]
     found = pick.reduce(data if slot_mask is None else np.where(slot_mask, data, fill), axis=1, initial=fill)
     found = pick(found, heads[:, column] if head_mask is None else np.where(head_mask, heads[:, column], fill))
-    if floating:
+    if read.floating:
         return [v if n else None for v, n in zip((found + 0.0).tolist(), present, strict=True)]
     return [int(v) if n else None for v, n in zip(found.tolist(), present, strict=True)]
 
