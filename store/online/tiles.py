@@ -205,7 +205,8 @@ class TileStore:
 
 
 def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
-    """The rows of an offline-shaped Arrow table (a parquet backfill's batch) of the family's source."""
+    """The rows of an offline-shaped Arrow table of the family's source. A row whose group-by field is unset
+    (an `optional` field) belongs to no key: no tile folds it, as the export's join on the key leaves it out."""
     import pyarrow.compute as pc
 
     names = sorted({f.field.name for f in family.features if f.field is not None})
@@ -221,6 +222,7 @@ def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
             keys[i], events[i], ingests[i], ids[i], ids[i].startswith("backfill:"), {n: values[n][i] for n in names}
         )
         for i in range(table.num_rows)
+        if keys[i] is not None
     ]
 
 

@@ -430,3 +430,31 @@ def test_reads_in_many_threads_at_once_read_what_one_thread_reads() -> None:
         with ThreadPoolExecutor(8) as pool:
             together = list(pool.map(lambda ask: tiles.read(family, ask, now), asks))
         assert together == alone
+
+
+def test_an_event_with_no_group_by_value_folds_into_no_key() -> None:
+    """A source whose group-by field is `optional`: an event without it belongs to no key, online as in the
+    export (its join on the key leaves it out); the rest of its batch folds as usual."""
+    from fstore.store.offline.schema import messages_to_table
+
+    order = Registry.default().get("order")
+    user_id = dataclasses.replace(order.feature("user_id"), has_presence=True)
+    family = dataclasses.replace(Registry.default().family("user_orders"), group_by=user_id)
+    now = time.time_ns() // 1_000
+    messages = []
+    for i, user in enumerate([7, None, 7]):
+        message = order.message_class(order_id=f"o{i}", amount=2.0, status="paid")
+        if user is not None:
+            message.user_id = user
+        getattr(message, order.event_time.name).FromMicroseconds(now - MINUTE)
+        messages.append(message)
+    table = messages_to_table(order, messages, [now] * 3, ["1", "2", "3"])
+    table = table.set_column(
+        table.schema.get_field_index("user_id"), "user_id", pa.array([7, None, 7], pa.int64())
+    )  # as an `optional` user_id is stored offline: null where unset
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        tiles = TileStore(client)
+        assert tiles.apply_table(family, table, now_us=now) == (2, 0)
+        assert tiles.read(family, [7], now)[0]["order_count_7d"] == 2
+        assert not [k for k in client.scan_iter(match="fs*") if b"None" in k]
