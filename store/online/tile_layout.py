@@ -168,7 +168,6 @@ class TileLayout:
         self.empty = struct.pack(f"<{self.width}d", -math.inf, 0.0, *heads, *slots)
         description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr(self.last_lists)
         self.digest = hashlib.blake2b(f"{_LAYOUT_VERSION}{description}".encode(), digest_size=4).hexdigest()
-        self._name_parts = (family.name, self.digest)
         head: list[Any] = [len(self.rings)]
         for ring in self.rings:
             head += [ring.head, ring.offset, ring.slots, ring.stride, "".join(_OPS[k] for k, _ in ring.columns)]
@@ -303,9 +302,8 @@ class TileLayout:
     def _key_record(self, key: Any, folded: list[Any], now_us: int, deltas: bytes, last_deltas: bytes) -> KeyRecord:
         members = [_member(e.message_id) for e in folded]
         record = KeyRecord(key, folded, members)
-        # the names `blob_key`, `last_key` and `bucket_key` give, built from their parts: this runs per key
-        family, digest = self._name_parts
-        tag = f"{{{family}:{key}}}:{digest}"
+        # the names `blob_key`, `last_key` and `bucket_key` give, the tag formatted once: this runs per key
+        tag = f"{self.tag(key)}:{self.digest}"
         record.keys = keys = [f"fsa:{tag}".encode()]
         if self.lasts:
             keys.append(f"fsl:{tag}".encode())
