@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
@@ -166,6 +167,31 @@ def _parquet(files: Sequence[str]) -> str:
 
 def _position(file: str, row: str) -> str:
     return f"((({file})::BIGINT << {_FILE_SHIFT}) | {row})"
+
+
+def find_hot_keys(con: duckdb.DuckDBPyConnection, spine_view: str, spine: pa.Table, key: str) -> pa.Table | None:
+    """The spine's keys with more than HOT_KEY_SPINE_ROWS rows, as a table of one column `key` of the spine's
+    key type; None when there are none (the common case: the query then has no ASOF part).
+
+    Integer keys by a sort in numpy: sorted, a value appears more than N times exactly when it equals the
+    value N places after it. 11-14 ms per million spine rows in a fresh process, where DuckDB's GROUP BY took
+    about 60 ms. Other keys (strings) by that GROUP BY.
+    """
+    column = spine.column(key)
+    if pa.types.is_integer(column.type):
+        array = column.combine_chunks()
+        dtype = np.dtype(f"{'u' if pa.types.is_unsigned_integer(array.type) else 'i'}{array.type.bit_width // 8}")
+        # From the buffer: pyarrow's to_numpy imports pandas (0.2 s) in a process that had not.
+        values = np.sort(np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize))
+        later = values[HOT_KEY_SPINE_ROWS:]
+        hot = np.unique(later[later == values[: len(later)]])
+        if not len(hot):
+            return None
+        keys = pa.Array.from_buffers(column.type, len(hot), [None, pa.py_buffer(hot)])  # no pandas import
+        return pa.table({"key": keys})
+    query = f"SELECT {quote(key)} AS key FROM {spine_view} GROUP BY ALL HAVING count(*) > {HOT_KEY_SPINE_ROWS}"
+    table = con.sql(query).to_arrow_table()
+    return table if table.num_rows else None
 
 
 def match_unclean(
