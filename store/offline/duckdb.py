@@ -46,6 +46,7 @@ from fstore.store.offline.duckdb_join import (
     find_hot_keys,
     join_source,
     match_unclean,
+    partition_days,
 )
 from fstore.store.offline.export import check_output, copy_counts, finish_export, plan_export, quote
 from fstore.store.offline.journal import Journal, JournalGone, journal_to_segment, quarantined, read_journals
@@ -326,11 +327,21 @@ class DuckDBOfflineStore(OfflineStore):
             # over fresh segments (grouped by message id, a string) that took 1.7x the window's time.
             con.execute("SET disabled_optimizers = 'top_n_window_elimination'")
             con.register(SPINE_VIEW, spine_table)
-            sources: dict[str, JoinSource] = {}
+            listed: dict[str, tuple[Sources, str]] = {}
             for j in plan.joins:
-                found = _sources(con, self.root / j.spec.table_name, numbered=True)
-                empty = self._register_empty(con, j.spec)
-                sources[j.spec.table_name] = join_source(j, found, plan.spine.time_bounds, empty)
+                days = partition_days(j, plan.spine.time_bounds)
+                found = _sources(con, self.root / j.spec.table_name, numbered=True, days=days)
+                listed[j.spec.table_name] = (found, self._register_empty(con, j.spec))
+
+            def join_sources(complete_schema: bool) -> dict[str, JoinSource]:
+                by_table = {}
+                for j in plan.joins:
+                    found, empty = listed[j.spec.table_name]
+                    source = join_source(j, found, plan.spine.time_bounds, empty, complete_schema=complete_schema)
+                    by_table[j.spec.table_name] = source
+                return by_table
+
+            sources = join_sources(complete_schema=False)
             hot_keys: dict[int, str] = {}
             for n, j in enumerate(plan.joins):
                 if (hot := find_hot_keys(con, SPINE_VIEW, spine_table, j.spec.key.name)) is not None:
@@ -349,11 +360,19 @@ class DuckDBOfflineStore(OfflineStore):
                 )
             show = options.progress and sys.stderr.isatty()
             matched, ran = match_unclean(con, plan, SPINE_VIEW, sources, hot_keys, show)
-            sql = duckdb_export_sql(plan, SPINE_VIEW, sources, hot_keys, aggregations, matched)
             # RETURN_STATS: the manifest's row and null counts without reading the file back.
             options_sql = f"FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, RETURN_STATS"
-            copy = f"COPY ({sql}) TO '{escape(str(tmp))}' ({options_sql})"
-            returned = execute_with_progress(con, copy, plan.spine.rows, show)
+            for complete_schema in (False, True):
+                sql = duckdb_export_sql(
+                    plan, SPINE_VIEW, join_sources(complete_schema), hot_keys, aggregations, matched
+                )
+                copy = f"COPY ({sql}) TO '{escape(str(tmp))}' ({options_sql})"
+                try:
+                    returned = execute_with_progress(con, copy, plan.spine.rows, show)
+                    break
+                except duckdb.BinderException:  # every file read predates a feature (join_source says)
+                    if complete_schema:
+                        raise
             return ";\n".join([*ran, sql]), copy_counts(returned)
 
         closing: list[threading.Thread] = []
@@ -493,10 +512,12 @@ def split_by_day(table: pa.Table, time_column: str) -> Iterator[tuple[date, pa.T
         yield _EPOCH_DAY + timedelta(days=day), table.filter(pa.array(days == day))
 
 
-def _sources(con: duckdb.DuckDBPyConnection, table_dir: Path, *, numbered: bool = False) -> Sources:
+def _sources(
+    con: duckdb.DuckDBPyConnection, table_dir: Path, *, numbered: bool = False, days: segments.DayRange | None = None
+) -> Sources:
     """`numbered` (the export's): also each mixed partition on its own, its journals' rows as a view carrying
-    JOURNAL_ROW, each row's number (for the export's positions)."""
-    listing = segments.listing(table_dir)
+    JOURNAL_ROW, each row's number (for the export's positions). `days`: those partitions only."""
+    listing = segments.listing(table_dir, days)
     clean, mixed = [str(p) for p in listing.clean], [str(p) for p in listing.mixed]
     if not numbered:
         journal, view = read_journals(listing.journals), None

@@ -29,15 +29,16 @@ import numpy as np
 import pyarrow as pa
 
 from fstore.schema.tables import INGEST_TIME, MESSAGE_ID
+from fstore.store.events import utc_from_micros
 from fstore.store.offline.export import EntityJoin, ExportPlan, quote
 from fstore.store.offline.progress import run_with_progress
+from fstore.store.offline.segments import DayRange
 from fstore.store.offline.spine import ROW_COLUMN
 from fstore.store.offline.sql import (
     SUPERSEDED_AT,
     duckdb_file_list,
     history_filters,
     spine_query,
-    time_range_filters,
     timestamp_literal,
 )
 
@@ -87,8 +88,29 @@ class JoinSource:
     unsure: tuple[str, ...] = ()
 
 
-def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | None, empty_view: str) -> JoinSource:
-    """`sources` as `_sources(..., numbered=True)` lists them; `bounds`: the spine's time range (µs)."""
+def partition_days(join: EntityJoin, bounds: tuple[int, int] | None) -> DayRange | None:
+    """The date partitions a spine in `bounds` (its time range, µs) can reach through `join`: from the day of
+    its earliest time minus the TTL (every earlier day without a TTL) to the day of its latest time; None
+    (all of them) for an empty spine, which reads nothing anyway."""
+    if bounds is None:
+        return None
+    earliest = bounds[0] - join.spec.ttl_seconds * 1_000_000 if join.spec.ttl_seconds > 0 else None
+    return DayRange(None if earliest is None else utc_from_micros(earliest).date(), utc_from_micros(bounds[1]).date())
+
+
+def join_source(
+    join: EntityJoin,
+    sources: Sources,
+    bounds: tuple[int, int] | None,
+    empty_view: str,
+    *,
+    complete_schema: bool = False,
+) -> JoinSource:
+    """`sources` as `_sources(..., numbered=True, days=partition_days(join, bounds))` lists them; `bounds`: the
+    spine's time range (µs). `complete_schema`: `wide` also takes the (empty) table of the entity's current
+    schema, by name, which it needs when every file it reads predates one of the join's features (files
+    older than a column lack it; without that table the statement fails to bind). It costs about 5% of an
+    export at 1 GB (docs/training-sets.md), so the export binds without it first."""
     key, time = quote(join.spec.key.name), quote(join.spec.event_time.name)
     features = ", ".join(quote(f.name) for f in join.features)
     where = " AND ".join(history_filters(join, bounds, "duckdb"))
@@ -112,13 +134,12 @@ def join_source(join: EntityJoin, sources: Sources, bounds: tuple[int, int] | No
     if reads.unclean:
         narrow.append(selected(reads.unclean))
     unsure = [selected(part, f"{INGEST_TIME}, {MESSAGE_ID}, ") for part in reads.partitions]
-    # The fetch reads only matched positions: no high-water mark needed (its column costs a decode per row);
-    # the time range stays, for row-group pruning. By name, with the (empty) table of the current schema:
-    # files older than a column lack it.
-    pruning = " AND ".join(time_range_filters(join, bounds, "duckdb"))
+    # The fetch reads only matched positions: no filter at all (the match applied them; the time range cost
+    # 6% of an export as a row filter here, and the listing already left out the partitions out of reach).
     every = ([clean] if clean else []) + reads.unclean
-    wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation} WHERE {pruning}" for r in every]
-    wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
+    wide = [f"SELECT {r.position} AS {POSITION}, * FROM {r.relation}" for r in every]
+    if complete_schema or not wide:
+        wide.append(f"SELECT NULL::BIGINT AS {POSITION}, * FROM {empty_view}")
     if not narrow:
         narrow.append(f"SELECT {key}, {time}, NULL::BIGINT AS {POSITION} FROM {empty_view}")
     rows = "\n    UNION ALL BY NAME\n    ".join(wide)

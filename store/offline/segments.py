@@ -86,17 +86,33 @@ class Listing:
         return not self.clean and not self.mixed and not self.journals
 
 
+@dataclass(frozen=True)
+class DayRange:
+    """Date partitions from `first` (None: the earliest) to `last`, both included. A partition holds the
+    rows whose event time falls on its UTC date (`DuckDBOfflineStore.write`), so a read of event times in a
+    range needs only the partitions of the range's days."""
+
+    first: date | None
+    last: date
+
+    def holds(self, day: date) -> bool:
+        return (self.first is None or self.first <= day) and day <= self.last
+
+
 def partition_dir(table_dir: Path, day: date) -> Path:
     """Where a table keeps one day's rows (`Partition.day` reads the date back)."""
     return table_dir / f"date={day.isoformat()}"
 
 
-def partitions(table_dir: Path) -> list[Partition]:
-    """The table's date partitions, in date order; a missing directory is an empty table."""
+def partitions(table_dir: Path, days: DayRange | None = None) -> list[Partition]:
+    """The table's date partitions, in date order; a missing directory is an empty table. `days`: only the
+    partitions from its first day (None: the earliest) to its last, both included."""
     found = []
     with contextlib.suppress(FileNotFoundError):
         for entry in sorted(os.scandir(table_dir), key=lambda e: e.name):
-            if entry.is_dir() and PARTITION.match(entry.name):
+            if entry.is_dir() and (match := PARTITION.match(entry.name)):
+                if days is not None and not days.holds(date.fromisoformat(match[1])):
+                    continue
                 found.append(read_partition(Path(entry.path)))
     return [p for p in found if p.files or p.journals]
 
@@ -121,13 +137,14 @@ def read_partition(path: Path) -> Partition:
     return partition
 
 
-def listing(table_dir: Path) -> Listing:
+def listing(table_dir: Path, days: DayRange | None = None) -> Listing:
+    """The table's files (`days`: of those partitions only, as `partitions` says)."""
     clean: list[Path] = []
     mixed: list[Path] = []
     journals: list[Path] = []
     unclean: list[Partition] = []
     fresh = 0
-    for p in partitions(table_dir):
+    for p in partitions(table_dir, days):
         (clean if p.is_clean else mixed).extend(p.files)
         if not p.is_clean:
             unclean.append(p)

@@ -49,6 +49,23 @@ def test_ttl_boundary(offline: DuckDBOfflineStore, user: EntitySpec, tmp_path: P
     assert got == [None, 30]
 
 
+def test_the_first_and_last_partitions_in_reach_are_read(
+    offline: DuckDBOfflineStore, user: EntitySpec, tmp_path: Path
+) -> None:
+    """The export lists only the date partitions a spine row can reach (duckdb_join.partition_days): from the
+    day of its earliest time minus the TTL to the day of its latest. Each key's one event sits on an edge."""
+    ttl = user.ttl_seconds
+    t = ttl + 5 * DAY + 10  # t - TTL is 10 s into a day
+    events = {1: t - ttl + 1, 2: t - ttl, 3: t - ttl - 11, 4: t, 5: t + 1}  # in reach, boundary, the day before
+    offline.write(user, rows(user, *({"key": k, "t": e, "age": k} for k, e in events.items())))
+    for compact in (False, True):
+        if compact:
+            offline.compact(user)
+        spine = spine_of(user_id=[1, 2, 3, 4, 5], event_timestamp=[at(t)] * 5)
+        got = [r["user__age"] for r in export(offline, tmp_path, spine, ["user:age"])]
+        assert got == [1, None, None, 4, None]
+
+
 def test_no_ttl_means_no_limit(offline: DuckDBOfflineStore, item: EntitySpec, tmp_path: Path) -> None:
     assert item.ttl_seconds == 0
     offline.write(item, rows(item, {"key": "a", "t": 0, "price": 9.5}))

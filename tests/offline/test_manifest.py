@@ -273,6 +273,30 @@ def test_reproduce_is_byte_identical_after_a_field_was_added(
     store.close()
 
 
+@pytest.mark.parametrize("compacted", [False, True], ids=["fresh", "compacted"])
+def test_a_feature_added_after_every_file_reads_as_nulls_of_its_type(
+    schema_copy: Any, spine_file: Path, tmp_path: Path, compacted: bool
+) -> None:
+    """Every file predates `churn_score`: the export's first statement fails to bind without the table of
+    the current schema (join_source's `complete_schema`), and the second gives the column, all null."""
+    user_v1 = schema_copy.registry().get("user", 1)
+    store = DuckDBOfflineStore(tmp_path / "offline", schema_copy.registry(), threads=2)
+    store.write(user_v1, random_history(user_v1, 20_000, 3_000, seed=1, first_ingest=1_000_000))
+    if compacted:
+        store.compact(user_v1)
+    store.close()
+    schema_copy.add_user_field()
+    store = DuckDBOfflineStore(tmp_path / "offline", schema_copy.registry(), threads=2)
+    out = tmp_path / "out.parquet"
+    manifest = store.export_training_set(str(spine_file), ["user:churn_score", "user:age"], out)
+    table = pq.read_table(out)
+    assert table.schema.field("user__churn_score").type == pa.float64()
+    assert table.column("user__churn_score").null_count == table.num_rows == 30_000
+    assert table.column("user__age").null_count < table.num_rows
+    assert manifest["output"]["columns"]["user__churn_score"]["nulls"] == 30_000
+    store.close()
+
+
 def test_null_counts_from_the_copy_equal_a_read_back(offline: DuckDBOfflineStore, user: EntitySpec) -> None:
     """The manifest's counts come from DuckDB's COPY statistics; over several row groups, with null lists,
     empty lists and unmatched rows, they equal counting the written file."""
