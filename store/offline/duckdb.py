@@ -341,7 +341,7 @@ class DuckDBOfflineStore(OfflineStore):
                     by_table[j.spec.table_name] = source
                 return by_table
 
-            sources = join_sources(complete_schema=False)
+            sources = join_sources(False)
             hot_keys: dict[int, str] = {}
             for n, j in enumerate(plan.joins):
                 if (hot := find_hot_keys(con, SPINE_VIEW, spine_table, j.spec.key.name)) is not None:
@@ -362,17 +362,17 @@ class DuckDBOfflineStore(OfflineStore):
             matched, ran = match_unclean(con, plan, SPINE_VIEW, sources, hot_keys, show)
             # RETURN_STATS: the manifest's row and null counts without reading the file back.
             options_sql = f"FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, RETURN_STATS"
-            for complete_schema in (False, True):
-                sql = duckdb_export_sql(
-                    plan, SPINE_VIEW, join_sources(complete_schema), hot_keys, aggregations, matched
+            target = escape(str(tmp))
+            sql = duckdb_export_sql(plan, SPINE_VIEW, sources, hot_keys, aggregations, matched)
+            try:
+                returned = execute_with_progress(
+                    con, f"COPY ({sql}) TO '{target}' ({options_sql})", plan.spine.rows, show
                 )
-                copy = f"COPY ({sql}) TO '{escape(str(tmp))}' ({options_sql})"
-                try:
-                    returned = execute_with_progress(con, copy, plan.spine.rows, show)
-                    break
-                except duckdb.BinderException:  # every file read predates a feature (join_source says)
-                    if complete_schema:
-                        raise
+            except duckdb.BinderException:  # every file read predates a feature (join_source says)
+                sql = duckdb_export_sql(plan, SPINE_VIEW, join_sources(True), hot_keys, aggregations, matched)
+                returned = execute_with_progress(
+                    con, f"COPY ({sql}) TO '{target}' ({options_sql})", plan.spine.rows, show
+                )
             return ";\n".join([*ran, sql]), copy_counts(returned)
 
         closing: list[threading.Thread] = []

@@ -39,6 +39,7 @@ from fstore.store.offline.sql import (
     duckdb_file_list,
     history_filters,
     spine_query,
+    time_reach,
     timestamp_literal,
 )
 
@@ -94,8 +95,8 @@ def partition_days(join: EntityJoin, bounds: tuple[int, int] | None) -> DayRange
     (all of them) for an empty spine, which reads nothing anyway."""
     if bounds is None:
         return None
-    earliest = bounds[0] - join.spec.ttl_seconds * 1_000_000 if join.spec.ttl_seconds > 0 else None
-    return DayRange(None if earliest is None else utc_from_micros(earliest).date(), utc_from_micros(bounds[1]).date())
+    earliest, latest = time_reach(join, bounds)
+    return DayRange(None if earliest is None else utc_from_micros(earliest).date(), utc_from_micros(latest).date())
 
 
 def join_source(

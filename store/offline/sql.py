@@ -49,14 +49,21 @@ def history_filters(join: EntityJoin, bounds: tuple[int, int] | None, dialect: s
     return [mark, *time_range_filters(join, bounds, dialect)]
 
 
+def time_reach(join: EntityJoin, bounds: tuple[int, int]) -> tuple[int | None, int]:
+    """The event times (µs) a spine in `bounds` can reach through `join`: after the first (None without a
+    TTL: no bound), up to and including the second."""
+    earliest = bounds[0] - join.spec.ttl_seconds * 1_000_000 if join.spec.ttl_seconds > 0 else None
+    return earliest, bounds[1]
+
+
 def time_range_filters(join: EntityJoin, bounds: tuple[int, int] | None, dialect: str) -> list[str]:
     """The time-range half of `history_filters`: event times a spine row in `bounds` can reach."""
     if bounds is None:
         return ["FALSE"]
     time = join.spec.event_time.name
-    filters = [f"{time} <= {timestamp_literal(bounds[1], dialect)}"]
-    if join.spec.ttl_seconds > 0:
-        earliest = bounds[0] - join.spec.ttl_seconds * 1_000_000
+    earliest, latest = time_reach(join, bounds)
+    filters = [f"{time} <= {timestamp_literal(latest, dialect)}"]
+    if earliest is not None:
         filters.append(f"{time} > {timestamp_literal(earliest, dialect)}")
     return filters
 
