@@ -9,8 +9,8 @@
 --       then per key: its counts (little-endian doubles: the newest event time of the batch in µs, the
 --       bucket count, per bucket its expiry in Unix ms, negative when only a set created now takes it, and
 --       its id count); the ids, bucket after bucket; the packed deltas (per delta: ring number, then the
---       ring's columns as doubles); with LAST features, the packed LAST deltas (per delta: list number as
---       one byte, then the entry as the LAST state stores it).
+--       ring's columns as doubles, padded with zeros to the widest ring's); with LAST features, the packed
+--       LAST deltas (per delta: list number as one byte, then the entry as the LAST state stores it).
 -- A key whose batch holds a message id already applied changes nothing (its new ids are taken back, a set
 -- it created is deleted) and is returned with those ids, so the caller folds it again without them: a
 -- redelivery is never counted twice.
@@ -25,6 +25,9 @@ for r = 1, ring_count do
                stride = stride, ops = ops, bytes = stride * 8, fmt = '<' .. string.rep('d', stride) }
   p = p + 5
 end
+local widest = 0
+for r = 1, ring_count do widest = math.max(widest, rings[r].stride) end
+local delta_bytes = 8 + 8 * widest -- a delta: its ring number, then its ring's columns, padded to the widest's
 local front = rings[1].offset * 8 -- the header and the heads, read and written as one range
 local front_fmt = '<' .. string.rep('d', rings[1].offset)
 local last_count, keeps = tonumber(ARGV[p]), {}
@@ -226,7 +229,7 @@ while k <= #KEYS do
           redis.call('SETRANGE', blob_key, offset, struct.pack(ring.fmt, unpack(slot)))
         end
       end
-      pos = pos + 8 + ring.bytes
+      pos = pos + delta_bytes
     end
     -- the expiry is the newest event's hour's end plus keep: it moves (PEXPIREAT) once an hour, not per fold
     local hour = math.floor(math.max(newest, held_newest) / 3600000000)

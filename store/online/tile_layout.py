@@ -40,7 +40,7 @@ import math
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,14 +57,13 @@ _LAYOUT_VERSION = "5"
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
 _DELTA = struct.Struct("<BdddII")  # a LAST delta (and a tail entry): feature number, entry head
-_ONE_BUCKET = struct.Struct("<4d")  # a key's counts with one id: newest event time, 1 bucket, its expiry, 1 id
 _OPS = {"index": "i", "count": "a", "n": "a", "sum": "a", "min": "m", "max": "M"}
 _EMPTY = {"index": -math.inf, "count": 0.0, "n": 0.0, "sum": 0.0, "min": math.inf, "max": -math.inf}
 # Each thread keeps one merge buffer (for every family) up to 2 MB, ~220 keys of `bench_orders`: a larger read
 # allocates its own, so a thread pool of readers holds at most 2 MB a thread.
 _KEPT_BUFFER = 1 << 21
 _buffers = threading.local()
-SENTINEL = b"0"  # in every id set: the script creating a set sees it added (no id maps to it: `_member`)
+SENTINEL = b"0"  # in every id set: the script creating a set sees it added (no id maps to it: `id_member`)
 
 
 @dataclass(frozen=True)
@@ -104,17 +103,6 @@ class FieldColumns:
     max: int
 
 
-@dataclass
-class KeyRecord:
-    """One key's share of a batch: the events folded and the script's keys and arguments for them (bytes)."""
-
-    key: int | str
-    events: list[Any]
-    members: list[str]
-    keys: list[bytes] = field(default_factory=list)
-    args: list[bytes] = field(default_factory=list)
-
-
 class TileLayout:
     """One family's layout (see the module's note): built once per family, shared by writes and reads."""
 
@@ -141,9 +129,9 @@ class TileLayout:
             _last_list(name, [f for f, of in last_features if of == name], self.rings) for name in last_fields
         )
         self.lasts = tuple((f, last_fields.index(name)) for f, name in last_features)
-        # what `records` does per ring, planned once: (ring, tile size, empty slot, per field (name, column
-        # of n, sum, min, max or -1))
-        self._plan = tuple(
+        # what `tile_writes.key_records` does per ring, planned once: (ring, tile size, empty slot, per field
+        # (name, column of n, sum, min, max or -1))
+        self.write_plan = tuple(
             (r, ring.size, self.empty_slots[r], tuple((c.name, c.n, c.sum, c.min, c.max) for c in self.fields[r]))
             for r, ring in enumerate(self.rings)
         )
@@ -157,8 +145,8 @@ class TileLayout:
             )
             for ring in self.rings
         )
-        self._numeric = sorted({c.name for ring_fields in self.fields for c in ring_fields})
-        self._value_names = sorted({*self._numeric, *last_fields})
+        self.numeric_fields = sorted({c.name for ring_fields in self.fields for c in ring_fields})
+        self.value_fields = sorted({*self.numeric_fields, *last_fields})
         windowed = [(f.window or 0) + (f.tile or 0) for f in family.features if f.window is not None]
         self.tile_keep = (max(windowed) + FUTURE + RETENTION_MARGIN) if windowed else 0
         lifetime = any(f.window is None for f in family.features)
@@ -202,138 +190,7 @@ class TileLayout:
         """Per ring, the oldest tile number a window may still read at `now_us` (None: lifetime)."""
         return [None if r.size is None else r.number(now_us) - r.slots + 1 for r in self.rings]
 
-    def records(self, by_key: dict[Any, list[Any]], oldest: list[int | None], now_us: int) -> list[KeyRecord]:
-        """Pre-aggregate each key's accepted events into per-tile deltas, all keys of a batch at once in
-        numpy: the script's keys and arguments per key. A key none of whose events reaches a tile a window
-        still reads has no record. A message id twice in a key's events counts once."""
-        starts, key_list, flat = [0], [], []
-        for key, events in by_key.items():
-            seen: set[str] = set()
-            for event in events:
-                if event.message_id not in seen:
-                    seen.add(event.message_id)
-                    flat.append(event)
-            key_list.append(key)
-            starts.append(len(flat))
-        if not flat:
-            return []
-        bounds = np.asarray(starts)
-        code = np.repeat(np.arange(len(key_list)), np.diff(bounds))
-        event_us = np.fromiter((e.event_us for e in flat), np.int64, len(flat))
-        raw = {name: [e.values.get(name) for e in flat] for name in self._value_names}
-        present = {name: np.fromiter((v is not None for v in column), bool, len(flat)) for name, column in raw.items()}
-        numbers = {name: np.array([0.0 if v is None else v for v in raw[name]], np.float64) for name in self._numeric}
-        hit = np.zeros(len(flat), bool)
-        rows: list[tuple[np.ndarray, bytes, int]] = []  # per ring: each delta's key code, the deltas, row bytes
-        lasts: list[tuple[int, int, int]] = []  # (event, list, tile number) of each LAST delta
-        in_ring = []  # per ring, the events it folds
-        for r, size, empty, columns in self._plan:
-            number = np.zeros(len(flat), np.int64) if size is None else event_us // size
-            floor = oldest[r]
-            ok = np.ones(len(flat), bool) if floor is None else number >= floor
-            hit |= ok
-            in_ring.append(ok)
-            chosen = np.flatnonzero(ok)
-            if not len(chosen):
-                continue
-            low = int(number[chosen].min())
-            span = int(number[chosen].max()) - low + 1
-            groups, first, inverse = np.unique(code[chosen] * span + (number[chosen] - low), return_index=True,
-                                               return_inverse=True)  # fmt: skip
-            width = len(groups)
-            table = np.tile(np.array([float(r + 1), *empty]), (width, 1))
-            table[:, 1] = number[chosen][first]
-            table[:, 2] = np.bincount(inverse, minlength=width)
-            for name, n, total, least, most in columns:
-                has = present[name][chosen]
-                values = numbers[name][chosen]
-                table[:, 1 + n] = np.bincount(inverse, weights=has, minlength=width)
-                if total >= 0:
-                    table[:, 1 + total] = np.bincount(inverse, weights=np.where(has, values, 0.0), minlength=width)
-                with np.errstate(invalid="ignore"):  # np.minimum and np.maximum keep a NaN, as offline
-                    if least >= 0:
-                        np.minimum.at(table[:, 1 + least], inverse[has], values[has])
-                    if most >= 0:
-                        np.maximum.at(table[:, 1 + most], inverse[has], values[has])
-            rows.append((groups // span, table.astype("<f8").tobytes(), table.shape[1] * 8))
-        for i, last in enumerate(self.last_lists):  # an event a LAST feature's ring folds, with a value
-            ok = np.logical_or.reduce([in_ring[r] for r in last.rings]) & present[last.field]
-            number = np.zeros(len(flat), np.int64) if last.size is None else event_us // last.size
-            lasts += self._last_deltas(i, np.flatnonzero(ok), number, code, flat)
-        entries: dict[int, list[bytes]] = {}
-        key_of = code.tolist()
-        for j, i, tile in lasts:  # an event is at most one delta of a list: its field's value, encoded once
-            event = flat[j]
-            mid, value = event.message_id.encode(), _encode(event.values[self.last_lists[i].field])
-            head = _DELTA.pack(i + 1, tile, event.event_us, event.ingest_us, len(mid), len(value))
-            found = entries.get(key_of[j])
-            if found is None:
-                entries[key_of[j]] = [head, mid, value]
-            else:
-                found += (head, mid, value)
-        every = np.arange(len(key_list))
-        spans = [((np.searchsorted(codes, every) * row).tolist(), (np.searchsorted(codes, every, side="right") * row
-                  ).tolist(), data) for codes, data, row in rows]  # fmt: skip
-        folds = hit.tolist()
-        out = []
-        for c, key in enumerate(key_list):
-            folded = [flat[j] for j in range(starts[c], starts[c + 1]) if folds[j]]
-            if folded:
-                deltas = b"".join([data[lo[c] : hi[c]] for lo, hi, data in spans])
-                out.append(self._key_record(key, folded, now_us, deltas, b"".join(entries.get(c, ()))))
-        return out
-
-    def _last_deltas(self, i: int, chosen: Any, number: Any, code: Any, flat: list[Any]) -> list[tuple[int, int, int]]:
-        """For LAST list i, per key and tile among the events `chosen` (with a value), the latest event by
-        (event time, ingest time, message id): (event, list, tile number)."""
-        if not len(chosen):
-            return []
-        picked = chosen.tolist()
-        codes, tiles = code[chosen].tolist(), number[chosen].tolist()
-        latest: dict[tuple[int, int], tuple[tuple[int, int, str], int]] = {}
-        for j, c, tile in zip(picked, codes, tiles, strict=True):
-            event = flat[j]
-            order = (event.event_us, event.ingest_us, event.message_id)
-            held = latest.get((c, tile))
-            if held is None or order > held[0]:
-                latest[(c, tile)] = (order, j)
-        return [(j, i, tile) for (_, tile), (_, j) in latest.items()]
-
-    def _key_record(self, key: Any, folded: list[Any], now_us: int, deltas: bytes, last_deltas: bytes) -> KeyRecord:
-        members = [_member(e.message_id) for e in folded]
-        record = KeyRecord(key, folded, members)
-        # the names `blob_key`, `last_key` and `bucket_key` give, the tag formatted once: this runs per key
-        tag = f"{self.tag(key)}:{self.digest}"
-        record.keys = keys = [f"fsa:{tag}".encode()]
-        if self.lasts:
-            keys.append(f"fsl:{tag}".encode())
-        horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
-        if len(folded) == 1:  # most keys of a streamed batch: one id in one bucket
-            newest = folded[0].event_us
-            bucket = newest // ID_BUCKET
-            keys.append(f"fsi:{tag}:{bucket}".encode())
-            counts = _ONE_BUCKET.pack(newest, 1.0, self._bucket_expiry(bucket, horizon_ms), 1.0)
-            record.args = [counts, members[0].encode(), deltas]
-        else:
-            buckets: dict[int, list[bytes]] = {}
-            for event, member in zip(folded, members, strict=True):
-                found = buckets.get(event.event_us // ID_BUCKET)
-                if found is None:
-                    buckets[event.event_us // ID_BUCKET] = [member.encode()]
-                else:
-                    found.append(member.encode())
-            values: list[float] = [max(e.event_us for e in folded), len(buckets)]
-            ids: list[bytes] = []
-            for bucket, members_in in buckets.items():
-                keys.append(f"fsi:{tag}:{bucket}".encode())
-                values += [self._bucket_expiry(bucket, horizon_ms), len(members_in)]
-                ids += members_in
-            record.args = [struct.pack(f"<{len(values)}d", *values), *ids, deltas]
-        if self.lasts:
-            record.args.append(last_deltas)
-        return record
-
-    def _bucket_expiry(self, bucket: int, horizon_ms: int) -> int:
+    def bucket_expiry(self, bucket: int, horizon_ms: int) -> int:
         """A set's expiry is its bucket's, unless the redelivery horizon reaches further: then it moves on with
         every fold. Negative: the bucket's, given only to a set the script creates (it cannot change)."""
         fixed_ms = ((bucket + 1) * ID_BUCKET + self.tile_keep) // 1_000
@@ -557,7 +414,8 @@ def _feature_values(read: _ReadPlan, heads: Any, slots: Any, sums: Any, head_mas
     return [int(v) if n else None for v, n in zip(found.tolist(), present, strict=True)]
 
 
-def _member(message_id: str) -> str:
+def id_member(message_id: str) -> str:
+    """A message id as the id sets hold it."""
     # Pub/Sub's ids are decimal numbers: kept as they are, a set of them is Redis's compact intset
     if message_id.isdigit() and len(message_id) <= 18 and message_id[0] != "0":
         return message_id
@@ -565,7 +423,8 @@ def _member(message_id: str) -> str:
     return str(digest) if digest else "d0"  # "0" is every set's SENTINEL
 
 
-def _encode(value: Any) -> bytes:
+def encode_value(value: Any) -> bytes:
+    """A LAST value as its entry holds it (`decoder` reads it back)."""
     if isinstance(value, bool):
         return b"1" if value else b"0"
     if isinstance(value, float):

@@ -24,7 +24,8 @@ from redis.exceptions import NoScriptError
 
 from fstore.schema.aggregations import FamilySpec
 from fstore.store.online.redis import _UNAVAILABLE, _exchange, cycle_collector_paused, unavailable
-from fstore.store.online.tile_layout import FUTURE, KeyRecord, TileLayout, layout_digest
+from fstore.store.online.tile_layout import FUTURE, TileLayout, layout_digest
+from fstore.store.online.tile_writes import KeyRecord, TileBatch, key_records
 
 APPLY = (Path(__file__).with_name("apply_tiles.lua")).read_bytes()
 KEYS_PER_SCRIPT = 200  # one script call runs this many keys: Redis serves nothing else meanwhile
@@ -81,46 +82,41 @@ class TileStore:
         changes nothing, so a redelivered batch is harmless. `now_us`: the clock that decides which tiles a
         window still reads (tests move it)."""
         with cycle_collector_paused(len(events)):  # a batch's records are freed when it is done
-            return self._apply(family, events, now_us)
+            return self._apply(family, TileBatch.from_events(self.layout(family), events), now_us)
 
     def apply_table(self, family: FamilySpec, table: Any, now_us: int | None = None) -> tuple[int, int]:
         """`apply` for the rows of an offline-shaped Arrow table of the family's source: the streaming job's
-        batch as it is stored offline, a backfill's parquet batch, a history replayed by `materialize`."""
-        with cycle_collector_paused(table.num_rows):  # the rows' events are freed with the batch, too
-            return self._apply(family, tile_events_from_table(family, table), now_us)
+        batch as it is stored offline, a backfill's parquet batch, a history replayed by `materialize`. A row
+        whose group-by field is unset (an `optional` field) belongs to no key: no tile folds it, as the
+        export's join on the key leaves it out."""
+        with cycle_collector_paused(table.num_rows):  # the batch's columns are freed with it, too
+            return self._apply(family, TileBatch.from_table(self.layout(family), table), now_us)
 
-    def _apply(self, family: FamilySpec, events: Sequence[TileEvent], now_us: int | None) -> tuple[int, int]:
+    def _apply(self, family: FamilySpec, batch: TileBatch, now_us: int | None) -> tuple[int, int]:
+        import numpy as np
+
         layout = self.layout(family)
         now = time.time_ns() // 1_000 if now_us is None else now_us
-        lateness, refused = family.allowed_lateness, 0
-        by_key: dict[int | str, list[TileEvent]] = {}
-        for event in events:
-            ahead = event.event_us - event.ingest_us
-            if ahead > FUTURE or (not event.backfilled and -ahead > lateness):
-                refused += 1
-                continue
-            found = by_key.get(event.key)
-            if found is None:
-                by_key[event.key] = [event]
-            else:
-                found.append(event)
+        ahead = batch.event_us - batch.ingest_us
+        refused = (ahead > FUTURE) | (~batch.backfilled & (-ahead > family.allowed_lateness))
+        keyed = np.fromiter((k is not None for k in batch.keys), bool, len(batch))
+        rows = np.flatnonzero(keyed & ~refused)
         oldest = layout.oldest_numbers(now)
-        applied, pending = 0, by_key
-        while pending:
-            records = layout.records(pending, oldest, now)
+        applied = 0
+        while len(rows):
+            records = key_records(layout, batch, rows, oldest, now)
             try:  # as StoreUnavailableError, which the job retries: a batch applied again changes nothing
                 duplicates = self._run(records, layout.call_head(now))
             except _UNAVAILABLE as exc:
                 raise unavailable(self.url, exc) from exc
-            applied += sum(len(r.events) for r in records if r.key not in duplicates)
-            pending = {}
+            applied += sum(len(r.members) for r in records if r.key not in duplicates)
+            again: list[int] = []
             for record in records:
                 seen = duplicates.get(record.key)
                 if seen is not None:
-                    rest = [e for e, m in zip(record.events, record.members, strict=True) if m not in seen]
-                    if rest:
-                        pending[record.key] = rest
-        return applied, refused
+                    again += [r for r, m in zip(record.rows, record.members, strict=True) if m not in seen]
+            rows = np.asarray(sorted(again), np.int64)
+        return applied, int((keyed & refused).sum())
 
     def _run(self, records: list[KeyRecord], head: list[bytes]) -> dict[int | str, set[str]]:
         """Run the script over `records` (`head`: its arguments before theirs); the duplicate ids found, by key."""
@@ -202,28 +198,6 @@ class TileStore:
             raise unavailable(self.url, exc) from exc
         with cycle_collector_paused(len(keys)):  # the merge allocates a few objects per key, none in cycles
             return layout.merge(states[: len(keys)], states[len(keys) :], at_us)
-
-
-def tile_events_from_table(family: FamilySpec, table: Any) -> list[TileEvent]:
-    """The rows of an offline-shaped Arrow table of the family's source. A row whose group-by field is unset
-    (an `optional` field) belongs to no key: no tile folds it, as the export's join on the key leaves it out."""
-    import pyarrow.compute as pc
-
-    names = sorted({f.field.name for f in family.features if f.field is not None})
-
-    def micros(column: str) -> list[int]:
-        return pc.cast(table.column(column), "int64").to_pylist()  # type: ignore[no-any-return]
-
-    keys, ids = table.column(family.group_by.name).to_pylist(), table.column("message_id").to_pylist()
-    events, ingests = micros(family.source.event_time.name), micros("ingest_time")
-    values = {n: table.column(n).to_pylist() for n in names}
-    return [
-        TileEvent(
-            keys[i], events[i], ingests[i], ids[i], ids[i].startswith("backfill:"), {n: values[n][i] for n in names}
-        )
-        for i in range(table.num_rows)
-        if keys[i] is not None
-    ]
 
 
 def _client_url(client: Any) -> str:
