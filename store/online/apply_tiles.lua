@@ -21,8 +21,10 @@ for r = 1, ring_count do
   local stride, names = tonumber(ARGV[p + 3]), ARGV[p + 4]
   local ops = {}
   for c = 1, stride do ops[c] = string.byte(names, c) end
+  -- a head's columns, then a slot's: the same but the tile number, which the slot's position implies
   rings[r] = { head = tonumber(ARGV[p]), offset = tonumber(ARGV[p + 1]), n = tonumber(ARGV[p + 2]),
-               stride = stride, ops = ops, bytes = stride * 8, fmt = '<' .. string.rep('d', stride) }
+               stride = stride, ops = ops, fmt = '<' .. string.rep('d', stride),
+               slot_stride = stride - 1, slot_bytes = (stride - 1) * 8, slot_fmt = '<' .. string.rep('d', stride - 1) }
   p = p + 5
 end
 local widest = 0
@@ -35,6 +37,10 @@ for j = 1, last_count do keeps[j] = tonumber(ARGV[p + j]) end
 p = p + 1 + last_count
 local keep_ms, empty = tonumber(ARGV[p]), ARGV[p + 1]
 p = p + 2
+for r = 1, ring_count do -- an empty slot's bytes, as the empty state holds them
+  local ring = rings[r]
+  ring.empty_slot = string.sub(empty, ring.offset * 8 + 1, ring.offset * 8 + ring.slot_bytes)
+end
 -- per LAST list, the newest tile every read from now on reaches past (the caller's clock, less a margin for
 -- the readers' clocks): of the entries at or before it only the newest can still be a window's
 local settled = {}
@@ -45,9 +51,9 @@ local list_empty = string.rep('\0', 8 * last_count)
 local ENTRY = 32 -- a LAST entry's head: '<dddI4I4' (tile, event time, ingest time, id size, value size)
 local conflicts, k, key_number = {}, 1, 0
 
--- A delta of a slot's own tile is merged into it (the slot's values at slot[at + 1 .. at + stride]); one of
--- a newer tile replaces an older tile no window reads any more; one older than the slot's tile is older than
--- the ring holds: no window reads it any more. MIN and MAX keep a NaN (x ~= x: NaN), as the offline SQL does.
+-- A delta merged into a head or slot of its tile (the delta's column c at slot[at + c]: a slot leaves the tile
+-- number out, so it is merged with at = -1). An empty slot merges as the delta itself. MIN and MAX keep a NaN
+-- (x ~= x: NaN), as the offline SQL does.
 local function merge_into(slot, at, delta, ops, stride)
   for c = 2, stride do
     local op, v, i = ops[c], delta[c], at + c
@@ -57,6 +63,19 @@ local function merge_into(slot, at, delta, ops, stride)
     elseif op == 77 then                                -- 'M': max
       if v > slot[i] or v ~= v then slot[i] = v end
     end
+  end
+end
+
+-- Empty the ring's slots of tiles first .. last (a head's move skipped them: what they held is older than
+-- the ring holds now), one or two ranges.
+local function empty_slots(blob_key, ring, first, last)
+  local count = math.min(last - first + 1, ring.n)
+  if count <= 0 then return end
+  local start = first % ring.n
+  local run = math.min(count, ring.n - start)
+  redis.call('SETRANGE', blob_key, (ring.offset + start * ring.slot_stride) * 8, string.rep(ring.empty_slot, run))
+  if count > run then
+    redis.call('SETRANGE', blob_key, ring.offset * 8, string.rep(ring.empty_slot, count - run))
   end
 end
 
@@ -210,25 +229,23 @@ while k <= #KEYS do
         merge_into(f, at, delta, ring.ops, stride)
       elseif tile > head_tile then -- a newer tile: the head moves on, the old one to its slot
         if head_tile > -math.huge then
-          redis.call('SETRANGE', blob_key, (ring.offset + (head_tile % ring.n) * stride) * 8,
-                     struct.pack(ring.fmt, unpack(f, at + 1, at + stride)))
+          if tile - head_tile <= ring.n then -- the ring still holds the old head's tile
+            redis.call('SETRANGE', blob_key, (ring.offset + (head_tile % ring.n) * ring.slot_stride) * 8,
+                       struct.pack(ring.slot_fmt, unpack(f, at + 2, at + stride)))
+          end
+          empty_slots(blob_key, ring, head_tile + 1, tile - 1)
         end
         local delta = { struct.unpack(ring.fmt, deltas, pos + 8) }
         for c = 1, stride do f[at + c] = delta[c] end
-      else -- older than the head: its slot, as the ring holds it
-        local offset = (ring.offset + (tile % ring.n) * stride) * 8
-        local slot = redis.call('GETRANGE', blob_key, offset, offset + ring.bytes - 1)
-        local held_tile = struct.unpack('<d', slot)
-        if held_tile < tile then -- an empty slot, or a tile no window reads any more: the delta as it came
-          redis.call('SETRANGE', blob_key, offset, string.sub(deltas, pos + 8, pos + 7 + ring.bytes))
-        elseif held_tile == tile then
-          slot = { struct.unpack(ring.fmt, slot) }
-          slot[stride + 1] = nil
-          local delta = { struct.unpack(ring.fmt, deltas, pos + 8) }
-          merge_into(slot, 0, delta, ring.ops, stride)
-          redis.call('SETRANGE', blob_key, offset, struct.pack(ring.fmt, unpack(slot)))
-        end
-      end
+      elseif tile >= head_tile - ring.n then -- older than the head, and its ring still holds the tile
+        local offset = (ring.offset + (tile % ring.n) * ring.slot_stride) * 8
+        local slot = { struct.unpack(ring.slot_fmt, redis.call('GETRANGE', blob_key, offset,
+                                                              offset + ring.slot_bytes - 1)) }
+        slot[ring.slot_stride + 1] = nil
+        local delta = { struct.unpack(ring.fmt, deltas, pos + 8) }
+        merge_into(slot, -1, delta, ring.ops, stride) -- slot[c - 1] is the delta's column c
+        redis.call('SETRANGE', blob_key, offset, struct.pack(ring.slot_fmt, unpack(slot)))
+      end -- (older than the ring holds: no window reads it any more)
       pos = pos + delta_bytes
     end
     -- the expiry is the newest event's hour's end plus keep: it moves (PEXPIREAT) once an hour, not per fold

@@ -6,13 +6,15 @@ Per key, two strings and a few sets, under one hash tag (one cluster slot):
   folded in, which sets the expiry, and the LAST state's length when it was last compacted), then one
   **head** per tile size, then one **ring** per tile size. A head holds the newest tile of its size, a ring
   the older ones: `slots` tiles, tile number `i` (its start divided by the tile size) in slot `i mod slots`.
-  Each slot (and head) holds its tile number, the event count and, per field, the count of values and their
-  sum, min and max as the family's features need. The lifetime state is a head alone. A ring holds every
-  tile a window may read (the widest window's tiles at that size, plus the tiles an event may be ahead of
-  its ingest time, plus one), so a slot's tile is replaced only by a newer tile once no window at or after
-  the read reads the older one. The script reads and writes the header and the heads in one range each (a
-  live event falls in its heads' tiles), a ring's slot only when a head moves on (the old head goes to its
-  slot) or an event is older than its head.
+  A head holds its tile number, the event count and, per field, the count of values and their sum, min and
+  max as the family's features need; a slot the same but the tile number, which is implied: with the head
+  at tile H, slot j holds the tile of [H - slots, H - 1] that is j modulo `slots` (or nothing: the script
+  empties the slots a head's move skips). The lifetime state is a head alone. A ring holds every tile a
+  window may read (the widest window's tiles at that size, plus the tiles an event may be ahead of its
+  ingest time, plus one), so a tile leaves its ring only once no window at or after the read reads it. The
+  script reads and writes the header and the heads in one range each (a live event falls in its heads'
+  tiles), a ring's slots only when a head moves on (the old head goes to its slot, the slots it skips are
+  emptied) or an event is older than its head.
 - `fsl:{...}:<layout>`, for LAST features: per field, one list its LAST features share (`LastList`): the
   newest tiles holding a value, in tiles of the finest of those features' sizes (as many as an event may be
   ahead of its ingest time, plus two; one for lifetime; of those at or before the settled tile, an hour
@@ -52,7 +54,7 @@ FUTURE = MAX_FUTURE_SECONDS * 1_000_000  # how far ahead of its ingest time a st
 RETENTION_MARGIN = HOUR  # kept past a tile's last reader, for clock skew between writer and reader
 REDELIVERY_HORIZON = 7 * DAY  # Pub/Sub keeps an unacknowledged message for at most 7 days
 ID_BUCKET = 7 * DAY
-_LAYOUT_VERSION = "5"
+_LAYOUT_VERSION = "6"
 # a LAST feature's list in its state: bytes and entry count; an entry: tile, event time, ingest time, the
 # message id's and the value's sizes, then the id and the value
 _LIST, _ENTRY = struct.Struct("<II"), struct.Struct("<dddII")
@@ -79,6 +81,11 @@ class Ring:
     @property
     def stride(self) -> int:
         return len(self.columns)
+
+    @property
+    def slot_stride(self) -> int:
+        """A ring slot's columns: the head's but its tile number, which the slot's position and the head's say."""
+        return len(self.columns) - 1
 
     @property
     def additive(self) -> list[int]:
@@ -117,7 +124,7 @@ class TileLayout:
         rings = []
         for shape in shapes:
             rings.append(dataclasses.replace(shape, head=head_at, offset=offset))
-            head_at, offset = head_at + shape.stride, offset + shape.slots * shape.stride
+            head_at, offset = head_at + shape.stride, offset + shape.slots * shape.slot_stride
         self.rings: tuple[Ring, ...] = tuple(rings)
         self.width = offset
         self.fields = tuple(tuple(_field_columns(ring)) for ring in self.rings)
@@ -140,7 +147,7 @@ class TileLayout:
         self._merge_plan = tuple(
             (
                 ring,
-                ring.additive,
+                [c - 1 for c in ring.additive],  # in a slot's columns
                 [_read_plan(f, ring) for f in family.features if f.tile == ring.size and f.function != "last"],
             )
             for ring in self.rings
@@ -152,7 +159,8 @@ class TileLayout:
         lifetime = any(f.window is None for f in family.features)
         self.keep_ms = 0 if lifetime else self.tile_keep // 1_000
         heads = [v for slot in self.empty_slots for v in slot]
-        slots = [v for r, slot in zip(self.rings, self.empty_slots, strict=True) for _ in range(r.slots) for v in slot]
+        slots = [v for r, empty in zip(self.rings, self.empty_slots, strict=True) for _ in range(r.slots)
+                 for v in empty[1:]]  # fmt: skip
         self.empty = struct.pack(f"<{self.width}d", -math.inf, 0.0, *heads, *slots)
         description = repr([(r.size, r.slots, r.columns) for r in self.rings]) + repr(self.last_lists)
         self.digest = hashlib.blake2b(f"{_LAYOUT_VERSION}{description}".encode(), digest_size=4).hexdigest()
@@ -206,13 +214,14 @@ class TileLayout:
             for ring, additive, reads in self._merge_plan:
                 # the head is one more slot of the ring: the tile numbers say which slots a window reads
                 heads = table[:, ring.head : ring.head + ring.stride]
-                block = table[:, ring.offset : ring.offset + ring.slots * ring.stride]
-                slots = block.reshape(len(states), ring.slots, ring.stride)
+                block = table[:, ring.offset : ring.offset + ring.slots * ring.slot_stride]
+                slots = block.reshape(len(states), ring.slots, ring.slot_stride)
+                numbers = _slot_numbers(heads[:, 0], ring.slots) if ring.slots and any(r.tiles for r in reads) else None
                 now = ring.number(at_us)
                 totals: dict[int | None, tuple[Any, Any, Any]] = {}
                 for read in reads:
                     if read.tiles not in totals:
-                        totals[read.tiles] = _window(heads, slots, now, read.tiles, additive)
+                        totals[read.tiles] = _window(heads, slots, numbers, now, read.tiles, additive)
                     values[read.name] = _feature_values(read, heads, slots, *totals[read.tiles])
         if self.lasts:
             empty = _LIST.pack(0, 0) * len(self.last_lists)
@@ -350,14 +359,26 @@ def _field_columns(ring: Ring) -> list[FieldColumns]:
     ]
 
 
-def _window(heads: Any, slots: Any, now: int, tiles: int | None, additive: Any) -> tuple[Any, Any, Any]:
+def _slot_numbers(head_numbers: Any, slots: int) -> Any:
+    """Each ring slot's tile number, from its ring's head (tile H): slot j holds the tile in [H - slots, H - 1]
+    that is j modulo `slots` (the script clears the slots a head's move skips); -inf where no head is."""
+    known = np.isfinite(head_numbers)
+    newest = np.where(known, head_numbers, 0.0) - 1.0
+    lap = newest - np.mod(newest, slots)  # per key, the tile in slot 0 of the newest's lap
+    numbers = lap[:, None] + np.arange(slots, dtype=np.float64)
+    numbers -= np.where(numbers > newest[:, None], float(slots), 0.0)  # a slot past the newest: the lap before
+    return np.where(known[:, None], numbers, -math.inf)
+
+
+def _window(heads: Any, slots: Any, numbers: Any, now: int, tiles: int | None, additive: Any
+            ) -> tuple[Any, Any, Any]:  # fmt: skip
     """A window of `tiles` tiles ending with tile `now` (None: all) over a ring: every column's sum over the
-    slots and the head it reads (only the additive columns' are used), and which slots and heads it reads
-    (None: all). `additive`: the columns summed (count, n, sum)."""
+    slots and the head it reads, in the slots' columns (a head's column c is a slot's c - 1; only the
+    additive columns' sums are used), and which slots and heads it reads (None: all). `numbers`: the slots'
+    tile numbers; `additive`: the columns summed (count, n, sum), in the slots' columns."""
     if tiles is None:
-        return slots.sum(axis=1) + heads, None, None
+        return slots.sum(axis=1) + heads[:, 1:], None, None
     head_mask = (heads[:, 0] > now - tiles) & (heads[:, 0] <= now)
-    numbers = slots[:, :, 0]
     slot_mask = (numbers > now - tiles) & (numbers <= now)
     # A product with the mask as 0/1 weights sums every column at once (a sum along the slots, which are
     # strided, costs as much per column). A term x * 1 is x; one x * 0 is 0 unless x is infinite or NaN,
@@ -366,7 +387,7 @@ def _window(heads: Any, slots: Any, now: int, tiles: int | None, additive: Any) 
     unsure = ~np.isfinite(sums[:, additive]).all(axis=1)
     if unsure.any():
         sums[unsure] = np.where(slot_mask[unsure][:, :, None], slots[unsure], 0.0).sum(axis=1)
-    return sums + np.where(head_mask[:, None], heads, 0.0), head_mask, slot_mask
+    return sums + np.where(head_mask[:, None], heads[:, 1:], 0.0), head_mask, slot_mask
 
 
 @dataclass(frozen=True)
@@ -394,10 +415,11 @@ def _read_plan(feature: AggregationSpec, ring: Ring) -> _ReadPlan:
 
 
 def _feature_values(read: _ReadPlan, heads: Any, slots: Any, sums: Any, head_mask: Any, slot_mask: Any) -> list[Any]:
-    function, column = read.function, read.column
+    function, head_column = read.function, read.column
+    column = head_column - 1  # in the slots and the window's sums, which leave the tile number out
     if function == "count":
         return [int(v) for v in sums[:, column].tolist()]
-    present = sums[:, read.n].tolist()
+    present = sums[:, read.n - 1].tolist()
     if function == "sum":
         totals = sums[:, column].tolist()
         return totals if read.floating else [int(v) for v in totals]
@@ -408,7 +430,8 @@ def _feature_values(read: _ReadPlan, heads: Any, slots: Any, sums: Any, head_mas
     pick, fill = (np.minimum, math.inf) if function == "min" else (np.maximum, -math.inf)
     data = slots[:, :, column]
     found = pick.reduce(data if slot_mask is None else np.where(slot_mask, data, fill), axis=1, initial=fill)
-    found = pick(found, heads[:, column] if head_mask is None else np.where(head_mask, heads[:, column], fill))
+    head = heads[:, head_column]
+    found = pick(found, head if head_mask is None else np.where(head_mask, head, fill))
     if read.floating:
         return [v if n else None for v, n in zip((found + 0.0).tolist(), present, strict=True)]
     return [int(v) if n else None for v, n in zip(found.tolist(), present, strict=True)]

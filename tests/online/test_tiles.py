@@ -122,6 +122,33 @@ def test_tiles_follow_the_definition_while_time_moves_on() -> None:
         assert reads > 50
 
 
+def test_a_head_moving_on_empties_the_slots_it_skips() -> None:
+    """A ring slot's tile number is implied by its position and its ring's head: when the head skips tiles,
+    the slots it skips (still holding the previous lap's tiles) are emptied, and a move past the whole ring
+    empties it. Every read equals the brute force."""
+    family = wide_family()
+    five = TileLayout(family).rings[0].size
+    assert five == 5 * MINUTE
+    slots = TileLayout(family).rings[0].slots
+    start = (time.time_ns() // 1_000 - 30 * DAY) // five * five
+    steps = [*range(2 * slots), 2 * slots + 7, 3 * slots + 5, 5 * slots + 2]  # a lap and more, then skips
+    events, seen = [], []
+    with RedisServer() as server:
+        tiles = TileStore(redis.Redis.from_url(server.url))
+        for i, step in enumerate(steps):
+            t = start + step * five + 1_000
+            event = {"user_id": 9, "event_us": t, "ingest_us": t, "message_id": f"{10**15 + i}",
+                     "backfilled": False, "amount": float(i + 1), "status": f"s{i}"}  # fmt: skip
+            events.append(event)
+            late = dict(event, event_us=t - 3 * five, message_id=f"{2 * 10**15 + i}", amount=0.5)
+            events.append(late)  # older than its head, within the ring and the lateness
+            tiles.apply(family, tile_events([event, late]), now_us=t)
+            for at in (t, t + 2 * five, t + HOUR - 1):
+                seen.append(at)
+                assert_definition(family, tiles.read(family, [9], at), events, [9], at)
+    assert len(seen) == 3 * len(steps)
+
+
 def snapshot(client: Any) -> dict[bytes, Any]:
     out: dict[bytes, Any] = {}
     for key in client.scan_iter(match="fs[ai]:*"):
