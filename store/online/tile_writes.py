@@ -119,13 +119,56 @@ def key_records(layout: TileLayout, batch: TileBatch, rows: Any, oldest: list[in
     event_us = batch.event_us[rows]
     present = {name: column[rows] for name, column in batch.present.items()}
     numbers = {name: column[rows] for name, column in batch.numbers.items()}
-    hit = np.zeros(len(rows), bool)
+    every = np.arange(len(key_values) + 1)  # key numbers, and one past the last: where each key's share ends
+    found = _ring_deltas(layout, codes, event_us, present, numbers, oldest, every)
+    if found is None:  # no event reaches a tile a window still reads
+        return []
+    deltas, delta_at, in_ring, hit = found
+    last_at, last_deltas = _last_deltas(layout, batch, rows, codes, event_us, present, in_ring, every)
+    folded_rows = rows[hit]
+    folded_at = np.searchsorted(codes[hit], every).tolist()
+    folded_event_us = event_us[hit]
+    one = _one_bucket_counts(layout, folded_event_us, now_us)
+    one_counts, one_buckets = one[:, :4].tobytes(), one[:, 4].astype(np.int64).tolist()
+    folded_times = folded_event_us.tolist()
+    members = [id_member(batch.message_ids[i]) for i in folded_rows.tolist()]
+    row_list = folded_rows.tolist()
+    prefix, suffix = f"{{{layout.family.name}:", f"}}:{layout.digest}"
+    with_last = bool(layout.lasts)
+    out = []
+    for c, key in enumerate(key_values):
+        lo, hi = folded_at[c], folded_at[c + 1]
+        if lo == hi:
+            continue
+        tag = f"{prefix}{key}{suffix}".encode()
+        names = [b"fsa:" + tag, b"fsl:" + tag] if with_last else [b"fsa:" + tag]
+        key_deltas = deltas[delta_at[c] : delta_at[c + 1]]
+        if hi - lo == 1:  # most keys of a streamed batch: one id in one bucket
+            names.append(b"fsi:%b:%d" % (tag, one_buckets[lo]))
+            args = [one_counts[32 * lo : 32 * lo + 32], members[lo].encode(), key_deltas]
+        else:
+            args = _counts_and_ids(layout, tag, names, folded_times[lo:hi], members[lo:hi], now_us)
+            args.append(key_deltas)
+        if with_last:
+            args.append(last_deltas[last_at[c] : last_at[c + 1]])
+        out.append(KeyRecord(key, row_list[lo:hi], members[lo:hi], names, args))
+    return out
+
+
+def _ring_deltas(layout: TileLayout, codes: Any, event_us: Any, present: dict[str, Any], numbers: dict[str, Any],
+                 oldest: list[int | None], every: Any) -> tuple[bytes, list[int], list[Any], Any] | None:  # fmt: skip
+    """Per key and ring, one delta per tile its events fall in (those a window still reads): the ring's number,
+    then its columns, padded to the widest ring's. Returns every key's deltas side by side (ring after ring)
+    as bytes, where each key's start, per ring which rows it folds, and which rows any ring folds; None when
+    no row reaches a ring."""
+    rows = len(codes)
+    hit = np.zeros(rows, bool)
     tables, table_codes, in_ring = [], [], []
-    width = 1 + max(ring.stride for ring in layout.rings)  # every delta padded to the widest ring's
+    width = 1 + max(ring.stride for ring in layout.rings)
     for r, size, empty, columns in layout.write_plan:
-        number = np.zeros(len(rows), np.int64) if size is None else event_us // size
+        number = np.zeros(rows, np.int64) if size is None else event_us // size
         floor = oldest[r]
-        ok = np.ones(len(rows), bool) if floor is None else number >= floor
+        ok = np.ones(rows, bool) if floor is None else number >= floor
         hit |= ok
         in_ring.append(ok)
         chosen = np.flatnonzero(ok)
@@ -153,44 +196,13 @@ def key_records(layout: TileLayout, batch: TileBatch, rows: Any, oldest: list[in
                     np.maximum.at(table[:, 1 + most], inverse[has], values[has])
         tables.append(table)
         table_codes.append(groups // span)
-    if not tables:  # no event reaches a tile a window still reads
-        return []
-    # every key's deltas side by side, ring after ring (a stable sort by key keeps the rings' order)
+    if not tables:
+        return None
     delta_codes = np.concatenate(table_codes)
-    order = np.argsort(delta_codes, kind="stable")
+    order = np.argsort(delta_codes, kind="stable")  # stable: a key's deltas keep the rings' order
     deltas = np.concatenate(tables)[order].astype("<f8").tobytes()
-    every = np.arange(len(key_values) + 1)
     delta_at = (np.searchsorted(delta_codes[order], every) * (width * 8)).tolist()
-    last_at, last_deltas = _last_deltas(layout, batch, rows, codes, event_us, present, in_ring, every)
-    folded_rows = rows[hit]
-    folded_codes = codes[hit]
-    folded_at = np.searchsorted(folded_codes, every).tolist()
-    folded_event_us = event_us[hit]
-    one = _one_bucket_counts(layout, folded_event_us, now_us)
-    one_counts, one_buckets = one[:, :4].tobytes(), one[:, 4].astype(np.int64).tolist()
-    folded_times = folded_event_us.tolist()
-    members = [id_member(batch.message_ids[i]) for i in folded_rows.tolist()]
-    row_list = folded_rows.tolist()
-    prefix, suffix = f"{{{layout.family.name}:", f"}}:{layout.digest}"
-    with_last = bool(layout.lasts)
-    out = []
-    for c, key in enumerate(key_values):
-        lo, hi = folded_at[c], folded_at[c + 1]
-        if lo == hi:
-            continue
-        tag = f"{prefix}{key}{suffix}".encode()
-        names = [b"fsa:" + tag, b"fsl:" + tag] if with_last else [b"fsa:" + tag]
-        key_deltas = deltas[delta_at[c] : delta_at[c + 1]]
-        if hi - lo == 1:  # most keys of a streamed batch: one id in one bucket
-            names.append(b"fsi:%b:%d" % (tag, one_buckets[lo]))
-            args = [one_counts[32 * lo : 32 * lo + 32], members[lo].encode(), key_deltas]
-        else:
-            args = _counts_and_ids(layout, tag, names, folded_times[lo:hi], members[lo:hi], now_us)
-            args.append(key_deltas)
-        if with_last:
-            args.append(last_deltas[last_at[c] : last_at[c + 1]])
-        out.append(KeyRecord(key, row_list[lo:hi], members[lo:hi], names, args))
-    return out
+    return deltas, delta_at, in_ring, hit
 
 
 def _by_key(batch: TileBatch, rows: Any) -> tuple[Any, Any, list[Any]]:
