@@ -198,12 +198,6 @@ class TileLayout:
         """Per ring, the oldest tile number a window may still read at `now_us` (None: lifetime)."""
         return [None if r.size is None else r.number(now_us) - r.slots + 1 for r in self.rings]
 
-    def bucket_expiry(self, bucket: int, horizon_ms: int) -> int:
-        """A set's expiry is its bucket's, unless the redelivery horizon reaches further: then it moves on with
-        every fold. Negative: the bucket's, given only to a set the script creates (it cannot change)."""
-        fixed_ms = ((bucket + 1) * ID_BUCKET + self.tile_keep) // 1_000
-        return horizon_ms if horizon_ms > fixed_ms else -fixed_ms
-
     def merge(self, states: Sequence[bytes | None], last_states: Sequence[bytes | None], at_us: int
               ) -> list[dict[str, Any]]:  # fmt: skip
         """Every feature of the family for each key's state and LAST state (None: none) at time `at_us`."""

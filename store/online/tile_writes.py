@@ -19,7 +19,6 @@ import numpy as np
 
 from fstore.store.online.tile_layout import ID_BUCKET, REDELIVERY_HORIZON, TileLayout, encode_value, id_member
 
-_ONE_BUCKET = struct.Struct("<4d")  # a key's counts with one id: newest event time, 1 bucket, its expiry, 1 id
 # a LAST delta's head, as `_DELTA` in tile_layout.py: list number, tile, event time, ingest time, id and value sizes
 _DELTA_HEAD = np.dtype([("list", "u1"), ("tile", "<f8"), ("event", "<f8"), ("ingest", "<f8"), ("id", "<u4"),
                         ("value", "<u4")])  # fmt: skip
@@ -129,7 +128,11 @@ def key_records(layout: TileLayout, batch: TileBatch, rows: Any, oldest: list[in
     folded_at = np.searchsorted(codes[hit], every).tolist()
     folded_event_us = event_us[hit]
     one = _one_bucket_counts(layout, folded_event_us, now_us)
-    one_counts, one_buckets = one[:, :4].tobytes(), one[:, 4].astype(np.int64).tolist()
+    one_counts, one_buckets, one_expiries = (
+        one[:, :4].tobytes(),
+        one[:, 4].astype(np.int64).tolist(),
+        one[:, 2].tolist(),
+    )
     folded_times = folded_event_us.tolist()
     members = [id_member(batch.message_ids[i]) for i in folded_rows.tolist()]
     row_list = folded_rows.tolist()
@@ -147,7 +150,8 @@ def key_records(layout: TileLayout, batch: TileBatch, rows: Any, oldest: list[in
             names.append(b"fsi:%b:%d" % (tag, one_buckets[lo]))
             args = [one_counts[32 * lo : 32 * lo + 32], members[lo].encode(), key_deltas]
         else:
-            args = _counts_and_ids(layout, tag, names, folded_times[lo:hi], members[lo:hi], now_us)
+            args = _counts_and_ids(tag, names, folded_times[lo:hi], one_buckets[lo:hi], one_expiries[lo:hi],
+                                   members[lo:hi])  # fmt: skip
             args.append(key_deltas)
         if with_last:
             args.append(last_deltas[last_at[c] : last_at[c + 1]])
@@ -227,7 +231,9 @@ def _by_key(batch: TileBatch, rows: Any) -> tuple[Any, Any, list[Any]]:
 
 def _one_bucket_counts(layout: TileLayout, event_us: Any, now_us: int) -> Any:
     """Per row, the counts of a key whose only event it is (newest event time, 1 bucket, the bucket's
-    expiry, 1 id), then its bucket number: one (rows, 5) array of doubles."""
+    expiry, 1 id), then its bucket number: one (rows, 5) array of doubles. A set's expiry is its bucket's,
+    unless the redelivery horizon reaches further: then it moves on with every fold. Negative: the bucket's,
+    given only to a set the script creates (it cannot change)."""
     bucket = event_us // ID_BUCKET
     fixed_ms = ((bucket + 1) * ID_BUCKET + layout.tile_keep) // 1_000
     horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
@@ -240,23 +246,23 @@ def _one_bucket_counts(layout: TileLayout, event_us: Any, now_us: int) -> Any:
     return table.astype("<f8")
 
 
-def _counts_and_ids(layout: TileLayout, tag: bytes, names: list[bytes], event_us: list[int], members: list[str],
-                    now_us: int) -> list[bytes]:  # fmt: skip
-    """A key with several events: its sets' names appended to `names`; its counts (newest event time, bucket
-    count, per bucket its expiry and id count) and its ids, bucket after bucket."""
-    buckets: dict[int, list[bytes]] = {}
-    for when, member in zip(event_us, members, strict=True):
-        found = buckets.get(when // ID_BUCKET)
+def _counts_and_ids(tag: bytes, names: list[bytes], event_us: list[int], buckets: list[int], expiries: list[float],
+                    members: list[str]) -> list[bytes]:  # fmt: skip
+    """A key with several events (per event its bucket and the bucket's expiry, as `_one_bucket_counts` has
+    them): its sets' names appended to `names`; its counts (newest event time, bucket count, per bucket its
+    expiry and id count) and its ids, bucket after bucket."""
+    grouped: dict[int, tuple[float, list[bytes]]] = {}
+    for bucket, expiry, member in zip(buckets, expiries, members, strict=True):
+        found = grouped.get(bucket)
         if found is None:
-            buckets[when // ID_BUCKET] = [member.encode()]
+            grouped[bucket] = (expiry, [member.encode()])
         else:
-            found.append(member.encode())
-    horizon_ms = (now_us + REDELIVERY_HORIZON) // 1_000
-    counts: list[float] = [max(event_us), len(buckets)]
+            found[1].append(member.encode())
+    counts: list[float] = [max(event_us), len(grouped)]
     ids: list[bytes] = []
-    for bucket, members_in in buckets.items():
+    for bucket, (expiry, members_in) in grouped.items():
         names.append(b"fsi:%b:%d" % (tag, bucket))
-        counts += [layout.bucket_expiry(bucket, horizon_ms), len(members_in)]
+        counts += [expiry, len(members_in)]
         ids += members_in
     return [struct.pack(f"<{len(counts)}d", *counts), *ids]
 

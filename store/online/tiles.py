@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from redis.exceptions import NoScriptError
 
 from fstore.schema.aggregations import FamilySpec
@@ -93,8 +94,6 @@ class TileStore:
             return self._apply(family, TileBatch.from_table(self.layout(family), table), now_us)
 
     def _apply(self, family: FamilySpec, batch: TileBatch, now_us: int | None) -> tuple[int, int]:
-        import numpy as np
-
         layout = self.layout(family)
         now = time.time_ns() // 1_000 if now_us is None else now_us
         ahead = batch.event_us - batch.ingest_us
