@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from fstore.schema.aggregations import DAY
 from fstore.store.online.tile_layout import TileLayout, id_member
 from fstore.store.online.tile_writes import KeyRecord, TileBatch, key_records
 from tests.offline.test_aggregations import history_table, random_events
 from tests.online.test_tiles import tile_events, wide_family
 
-DAY = 86_400_000_000
 _LAST_HEAD = struct.Struct("<BdddII")  # list number, tile, event time, ingest time, id and value sizes
 
 
