@@ -4,6 +4,7 @@ its work against the definition (`fstore.schema.aggregations.counts`) before pri
     .venv/bin/python benchmarks/aggregations.py read      # 10,000 keys x 50 orders over 30 days: 1 / 100-key reads
     .venv/bin/python benchmarks/aggregations.py ingest    # µs per event of the tile step beside decode + writes
     .venv/bin/python benchmarks/aggregations.py memory    # Redis bytes per key, message-id sets apart
+    .venv/bin/python benchmarks/aggregations.py script    # instructions per event of the tile script (valgrind)
     .venv/bin/python benchmarks/aggregations.py export --spine-rows 100000 --events 1000000
     .venv/bin/python benchmarks/aggregations.py read --family user_orders   # the declared family instead
 
@@ -351,6 +352,92 @@ def ingest(args: argparse.Namespace) -> None:
     )
 
 
+def live_tables(family: FamilySpec, registry: Registry, events: int, keys: int, batch: int) -> list[Any]:
+    """The `ingest` stream's batches as the job stores them offline (and hands them to the tile step)."""
+    from fstore.ingest.events import Event, decode_event
+    from fstore.schema.attributes import routing_attributes
+    from fstore.store.offline.schema import messages_to_table
+
+    order = family.source
+    attrs, publish = routing_attributes(order), datetime.now(UTC)
+    payloads = order_payloads(order, events, keys)
+    tables = []
+    for start in range(0, len(payloads), batch):
+        results = [
+            decode_event(registry, p, attrs, str(LIVE_ID_BASE + start + i), publish)
+            for i, p in enumerate(payloads[start : start + batch])
+        ]
+        decoded = [e for e in results if isinstance(e, Event)]
+        ingested, ids = [e.ingest_micros for e in decoded], [e.message_id for e in decoded]
+        tables.append(messages_to_table(order, [e.message for e in decoded], ingested, ids))
+    return tables
+
+
+def script(args: argparse.Namespace) -> None:
+    """Instructions the Redis server runs in the tile script per event, counted by valgrind's callgrind: the
+    same count run after run, where CPU time on a shared machine varies by a third. The `ingest` stream on the
+    same history: the history is loaded into a Redis and saved; a second Redis, under callgrind, starts from
+    that file and folds the stream, counting only inside EVALSHA (the script and the commands it calls)."""
+    import redis
+
+    from fstore.store.online.tiles import TileStore
+    from fstore.testing import RedisServer, free_port, redis_server_binary
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("benchmark: `script` counts instructions with valgrind, which is not installed here")
+    registry, family = bench_registry(args.family)
+    tables = live_tables(family, registry, args.events, args.keys, args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        with RedisServer() as server:
+            client = redis.Redis.from_url(server.url)
+            if args.history:
+                load(TileStore(client), family, history(args.keys, args.history, time.time_ns() // 1_000))
+            client.save()
+            shutil.copy(server.dir / "dump.rdb", Path(tmp) / "dump.rdb")
+        port, out = free_port(), Path(tmp) / "callgrind.out"
+        command = [valgrind, "--tool=callgrind", "--toggle-collect=evalShaCommand", f"--callgrind-out-file={out}",
+                   redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
+                   "--appendonly", "no"]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=port, socket_timeout=600)
+            deadline = time.monotonic() + 300
+            while True:  # under valgrind the server takes seconds to start and to load the file
+                try:
+                    if client.dbsize() > 0 or not args.history:
+                        break
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("benchmark: redis-server under valgrind did not start; no figures")
+                time.sleep(0.2)
+            version = client.info("server")["redis_version"]
+            tiles = TileStore(client)
+            started = time.perf_counter()
+            applied = sum(tiles.apply_table(family, table)[0] for table in tables)
+            took = time.perf_counter() - started
+            calls = int(client.info("commandstats")["cmdstat_evalsha"]["calls"])
+            process.terminate()  # a clean shutdown: callgrind writes its counts at the exit
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        summary = [line for line in out.read_text().splitlines() if line.startswith("summary:")]
+        instructions = int(summary[0].split()[1]) if summary else 0
+    if applied != args.events or not instructions:
+        raise SystemExit(f"benchmark: {applied} of {args.events} events applied, {instructions} instructions counted; "
+                         "no figures")  # fmt: skip
+    print(
+        f"{family.name}: {args.events:,} order events for {args.keys:,} keys in batches of {args.batch:,}, on tiles "
+        f"holding {args.history} earlier orders per key; Redis {version} under callgrind ({took:.0f} s)"
+    )
+    print(
+        f"tile script: {instructions / args.events:,.0f} instructions per event in Redis (inside EVALSHA, the "
+        f"commands it calls included), {calls:,} EVALSHA calls"
+    )
+
+
 def memory(args: argparse.Namespace) -> None:
     """Redis memory per key of the family after `--per-key` orders over 30 days: used_memory before and after,
     then without the message-id hashes; MEMORY USAGE of each of a sample of keys' hashes."""
@@ -658,7 +745,7 @@ def export(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    commands = {"read": read, "ingest": ingest, "memory": memory, "export": export}
+    commands = {"read": read, "ingest": ingest, "script": script, "memory": memory, "export": export}
     parsers = {name: sub.add_parser(name, help=command.__doc__) for name, command in commands.items()}
     for name, p in parsers.items():
         p.add_argument("--family", default="bench_orders", help="bench_orders (built here) or user_orders")
@@ -670,11 +757,12 @@ def main() -> None:
     p.add_argument("--reads", type=int, default=3_000, help="timed reads of 1 key")
     p.add_argument("--reads-100", type=int, default=1_000, help="timed reads of 100 keys")
     p.add_argument("--warmup", type=int, default=100, help="untimed reads before each size")
-    p = parsers["ingest"]
-    p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--keys", type=int, default=10_000)
-    p.add_argument("--batch", type=int, default=1_000, help="events per flush (the job's FLUSH_EVERY)")
-    p.add_argument("--history", type=int, default=50, help="orders per key in the tiles beforehand (0: none)")
+    for name in ("ingest", "script"):
+        p = parsers[name]
+        p.add_argument("--events", type=int, default=100_000)
+        p.add_argument("--keys", type=int, default=10_000)
+        p.add_argument("--batch", type=int, default=1_000, help="events per flush (the job's FLUSH_EVERY)")
+        p.add_argument("--history", type=int, default=50, help="orders per key in the tiles beforehand (0: none)")
     parsers["memory"].add_argument("--sample", type=int, default=500, help="keys whose hashes MEMORY USAGE reads")
     p = parsers["export"]
     p.add_argument("--spine-rows", type=int, default=100_000)

@@ -4,10 +4,13 @@ asserts that they ran and what they checked, never their timings)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,17 @@ def test_export_benchmark_runs_on_todays_dates(tmp_path: Path) -> None:
     days = sorted(p.name.removeprefix("date=") for p in (tmp_path / "offline" / "user_v1").iterdir())
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     assert days[-1] in (str(yesterday), str(yesterday - timedelta(days=1))), days  # the history ends yesterday
+
+
+def test_aggregation_ingest_benchmark_applies_every_event() -> None:
+    out = bench("aggregations.py", "ingest", "--events", "2000", "--keys", "200", "--history", "5")
+    assert "2,000 order events for 200 keys" in out
+    assert "aggregation step, CPU here + in Redis:" in out and "EVALSHA calls" in out
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="the script benchmark counts with valgrind")
+def test_aggregation_script_benchmark_counts_instructions_of_the_applied_stream() -> None:
+    out = bench("aggregations.py", "script", "--events", "2000", "--keys", "200", "--history", "5")
+    assert "2,000 order events for 200 keys" in out
+    count = int(out.split("tile script: ")[1].split(" instructions")[0].replace(",", ""))
+    assert 10_000 < count < 1_000_000  # per event: a real count, neither zero nor the whole server's

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +32,7 @@ from fstore.store.online.tile_writes import KeyRecord, TileBatch, key_records
 
 APPLY = (Path(__file__).with_name("apply_tiles.lua")).read_bytes()
 KEYS_PER_SCRIPT = 200  # one script call runs this many keys: Redis serves nothing else meanwhile
+_KEYS, _ARGS, _MEMBERS = attrgetter("keys"), attrgetter("args"), attrgetter("members")  # of a KeyRecord
 
 
 class TileEvent(NamedTuple):
@@ -108,6 +111,9 @@ class TileStore:
                 duplicates = self._run(records, layout.call_head(now))
             except _UNAVAILABLE as exc:
                 raise unavailable(self.url, exc) from exc
+            if not duplicates:  # as almost always
+                applied += sum(map(len, map(_MEMBERS, records)))
+                break
             applied += sum(len(r.members) for r in records if r.key not in duplicates)
             again: list[int] = []
             for record in records:
@@ -142,8 +148,8 @@ class TileStore:
         head = _bulks(script_head)
         bodies = []
         for chunk in calls:
-            keys = [k for r in chunk for k in r.keys]
-            args = [a for r in chunk for a in r.args]
+            keys = list(chain.from_iterable(map(_KEYS, chunk)))
+            args = list(chain.from_iterable(map(_ARGS, chunk)))
             count = str(len(keys)).encode()
             size = 3 + len(keys) + len(script_head) + len(args)
             bodies.append((size, b"$%d\r\n%b\r\n" % (len(count), count) + _bulks(keys) + head + _bulks(args)))
