@@ -374,10 +374,11 @@ def live_tables(family: FamilySpec, registry: Registry, events: int, keys: int, 
 
 
 def script(args: argparse.Namespace) -> None:
-    """Instructions the Redis server runs in the tile script per event, counted by valgrind's callgrind: the
-    same count run after run, where CPU time on a shared machine varies by a third. The `ingest` stream on the
-    same history: the history is loaded into a Redis and saved; a second Redis, under callgrind, starts from
-    that file and folds the stream, counting only inside EVALSHA (the script and the commands it calls)."""
+    """Instructions the Redis server runs in the tile script per event, counted by valgrind's callgrind: within
+    0.4% run after run (the stream's times follow the clock), where CPU time on a shared machine varies by a
+    third. The `ingest` stream on the same history: the history is loaded into a Redis and saved; a second
+    Redis, under callgrind, starts from that file and folds the stream, counting only inside EVALSHA (the
+    script and the commands it calls)."""
     import redis
 
     from fstore.store.online.tiles import TileStore
