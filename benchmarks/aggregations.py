@@ -265,10 +265,8 @@ def ingest(args: argparse.Namespace) -> None:
     by batch in one run, on tiles that already hold `--history` orders per key."""
     import redis
 
-    from fstore.ingest.events import Event, decode_event
     from fstore.schema.attributes import routing_attributes
     from fstore.store.offline.duckdb import DuckDBOfflineStore
-    from fstore.store.offline.schema import messages_to_table
     from fstore.store.online.redis import RedisOnlineStore
     from fstore.store.online.tiles import TileStore
     from fstore.testing import RedisServer
@@ -289,18 +287,12 @@ def ingest(args: argparse.Namespace) -> None:
         script_calls, script_us = Counter[str](), Counter[str]()  # commands during TileStore.apply_table
         publish = datetime.now(UTC)
         for start in range(0, len(payloads), args.batch):
-            batch = payloads[start : start + args.batch]
             with parts.timing("decode+validate"):
-                results = [
-                    decode_event(registry, p, attrs, str(LIVE_ID_BASE + start + i), publish)
-                    for i, p in enumerate(batch)
-                ]
-                decoded = [e for e in results if isinstance(e, Event)]
+                decoded = decode_batch(registry, attrs, payloads[start : start + args.batch], start, publish)
             valid += len(decoded)
             messages = [e.message for e in decoded]
             with parts.timing("offline batch (arrow)"):
-                ingested, ids = [e.ingest_micros for e in decoded], [e.message_id for e in decoded]
-                table = messages_to_table(order, messages, ingested, ids)
+                table = batch_table(order, decoded)
             with parts.timing("offline write"):
                 offline.write(order, table)
             before = redis_stats(client)  # outside the timed parts: INFO is the benchmark's, not the job's
@@ -352,25 +344,34 @@ def ingest(args: argparse.Namespace) -> None:
     )
 
 
-def live_tables(family: FamilySpec, registry: Registry, events: int, keys: int, batch: int) -> list[Any]:
-    """The `ingest` stream's batches as the job stores them offline (and hands them to the tile step)."""
+def decode_batch(registry: Registry, attrs: dict[str, str], payloads: list[bytes], start: int, publish: datetime
+                 ) -> list[Any]:  # fmt: skip
+    """The valid events of one batch of the live stream (message ids numbered from `start`), as the job decodes
+    them."""
     from fstore.ingest.events import Event, decode_event
-    from fstore.schema.attributes import routing_attributes
+
+    results = [decode_event(registry, p, attrs, str(LIVE_ID_BASE + start + i), publish) for i, p in enumerate(payloads)]
+    return [e for e in results if isinstance(e, Event)]
+
+
+def batch_table(order: Any, decoded: list[Any]) -> Any:
+    """A batch of decoded events as the job stores it offline (and hands it to the tile step)."""
     from fstore.store.offline.schema import messages_to_table
 
-    order = family.source
-    attrs, publish = routing_attributes(order), datetime.now(UTC)
-    payloads = order_payloads(order, events, keys)
-    tables = []
-    for start in range(0, len(payloads), batch):
-        results = [
-            decode_event(registry, p, attrs, str(LIVE_ID_BASE + start + i), publish)
-            for i, p in enumerate(payloads[start : start + batch])
-        ]
-        decoded = [e for e in results if isinstance(e, Event)]
-        ingested, ids = [e.ingest_micros for e in decoded], [e.message_id for e in decoded]
-        tables.append(messages_to_table(order, [e.message for e in decoded], ingested, ids))
-    return tables
+    ingested, ids = [e.ingest_micros for e in decoded], [e.message_id for e in decoded]
+    return messages_to_table(order, [e.message for e in decoded], ingested, ids)
+
+
+def live_tables(family: FamilySpec, registry: Registry, events: int, keys: int, batch: int) -> list[Any]:
+    """The `ingest` stream's batches as the job stores them offline."""
+    from fstore.schema.attributes import routing_attributes
+
+    attrs, publish = routing_attributes(family.source), datetime.now(UTC)
+    payloads = order_payloads(family.source, events, keys)
+    return [
+        batch_table(family.source, decode_batch(registry, attrs, payloads[start : start + batch], start, publish))
+        for start in range(0, len(payloads), batch)
+    ]
 
 
 def script(args: argparse.Namespace) -> None:

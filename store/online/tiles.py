@@ -111,14 +111,14 @@ class TileStore:
                 duplicates = self._run(records, layout.call_head(now))
             except _UNAVAILABLE as exc:
                 raise unavailable(self.url, exc) from exc
+            applied += sum(map(len, map(_MEMBERS, records)))
             if not duplicates:  # as almost always
-                applied += sum(map(len, map(_MEMBERS, records)))
                 break
-            applied += sum(len(r.members) for r in records if r.key not in duplicates)
-            again: list[int] = []
+            again: list[int] = []  # a key with a duplicate changed nothing: its other rows are folded again
             for record in records:
                 seen = duplicates.get(record.key)
                 if seen is not None:
+                    applied -= len(record.members)
                     again += [r for r, m in zip(record.rows, record.members, strict=True) if m not in seen]
             rows = np.asarray(sorted(again), np.int64)
         return applied, int((keyed & refused).sum())
